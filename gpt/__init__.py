@@ -1,0 +1,6 @@
+"""GPT-α: a from-scratch PyTorch implementation of the GPT-2/GPT-3 training stack."""
+
+from gpt.config import GPTConfig, model_preset
+from gpt.model import GPT
+
+__all__ = ["GPT", "GPTConfig", "model_preset"]
