@@ -5,19 +5,27 @@ A model directory holds:
     config.json         {"format": "gpt-alpha-checkpoint", "version": 1, "model": GPTConfig,
                          "tokeniser": spec, "tokeniser_fingerprint": str | None, ...}
     tokeniser.tkn       a copy of a custom tokeniser, so the directory is self-contained
-Training checkpoints add optimizer and loader state (see the trainer). Loading never unpickles
-arbitrary objects: weights come from safetensors, anything else through weights_only=True.
+A training checkpoint adds the optimizer, data loader and RNG states (see "training state"
+below); `load_model_dir` reads either kind. Every directory is written atomically (a temp folder,
+then one rename). Loading never unpickles arbitrary objects: weights come from safetensors,
+everything else from JSON or torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -40,6 +48,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -49,6 +58,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (temp files are created 0600/0700; we give them the usual modes)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def model_state_for_saving(model: GPT) -> dict[str, torch.Tensor]:
@@ -69,6 +85,73 @@ def is_checkpoint(path: str | Path) -> bool:
         return False
 
 
+def write_model_files(
+    out_dir: Path,
+    state: dict[str, torch.Tensor],
+    config: GPTConfig,
+    tokeniser_spec: str | None = None,
+    tokeniser_fingerprint: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write weights, config.json and a copy of a custom tokeniser into an existing folder."""
+    save_file(state, str(out_dir / WEIGHTS_FILE))
+    spec = tokeniser_spec
+    if spec is not None and spec != "gpt2" and Path(spec).is_file():
+        shutil.copyfile(spec, out_dir / TOKENISER_FILE)
+        spec = TOKENISER_FILE
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model": config.to_dict(),
+        "tokeniser": spec,
+        "tokeniser_fingerprint": tokeniser_fingerprint,
+        **(extra or {}),
+    }
+    write_json_atomic(out_dir / CONFIG_FILE, meta)
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """A temp folder beside `out_dir` to fill; on success it replaces `out_dir` in one rename
+    (a reader sees the old directory or the new one, never a half-written one)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
+        _fsync_dir(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (and its files' data) to disk, where the OS allows it."""
+    for f in [*(p for p in path.iterdir() if p.is_file()), path]:
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def save_model_dir(
     model: GPT,
     out_dir: str | Path,
@@ -78,34 +161,15 @@ def save_model_dir(
 ) -> Path:
     """Save weights, config and tokeniser into `out_dir`, atomically (temp dir, then rename)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
-    try:
-        save_file(model_state_for_saving(model), str(tmp / WEIGHTS_FILE))
-        spec = tokeniser_spec
-        if spec is not None and spec != "gpt2" and Path(spec).is_file():
-            shutil.copyfile(spec, tmp / TOKENISER_FILE)
-            spec = TOKENISER_FILE
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "model": model.config.to_dict(),
-            "tokeniser": spec,
-            "tokeniser_fingerprint": tokeniser_fingerprint,
-            **(extra or {}),
-        }
-        write_json_atomic(tmp / CONFIG_FILE, meta)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(out_dir) as tmp:
+        write_model_files(
+            tmp,
+            model_state_for_saving(model),
+            model.config,
+            tokeniser_spec,
+            tokeniser_fingerprint,
+            extra,
+        )
     return out_dir
 
 
@@ -136,6 +200,21 @@ def resolve_tokeniser_spec(path: str | Path, meta: dict[str, Any]) -> str | None
     return str(Path(path) / spec) if not Path(spec).is_absolute() else spec
 
 
+def load_weights(model: GPT, path: str | Path) -> None:
+    """Load a checkpoint directory's weights into `model` (same config), checking every key."""
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: missing {WEIGHTS_FILE}")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: weights do not match the config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+
+
 def load_model_dir(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, dict[str, Any]]:
@@ -145,18 +224,206 @@ def load_model_dir(
     """
     path = Path(path)
     meta = read_meta(path)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: missing {WEIGHTS_FILE}")
-    config = GPTConfig.from_dict(meta["model"])
-    model = GPT(config)
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: weights do not match the config (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]})"
-        )
+    model = GPT(GPTConfig.from_dict(meta["model"]))
+    load_weights(model, path)
     meta["tokeniser"] = resolve_tokeniser_spec(path, meta)
     return model.to(device).eval(), meta
+
+
+# ----------------------------------------------------------------------------- training state
+#
+# A training checkpoint is a model directory plus:
+#     optimizer.pt   the optimizer's state_dict (tensors and numbers; torch.save)
+#     loader.json    {"version": 1, "ranks": [each rank's DataLoader.state_dict()]}
+#     rng.pt         [each rank's RNG states: python, numpy, torch CPU, CUDA]
+# and config.json's "training": step, tokens, best_val_loss, world_size, train_config.
+# Checkpoints of a run live in RUN/checkpoints/step_XXXXXXX (XXXXXXX = optimizer steps done);
+# RUN/checkpoints/best is a symlink to the one with the lowest validation loss.
+
+OPTIMIZER_FILE = "optimizer.pt"
+LOADER_FILE = "loader.json"
+RNG_FILE = "rng.pt"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_LINK = "best"
+STEP_PREFIX = "step_"
+LOADER_VERSION = 1
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs besides the weights."""
+
+    step: int
+    """Optimizer steps done."""
+    tokens: int
+    """Training tokens consumed."""
+    best_val_loss: float | None
+    """Lowest validation loss so far (None before the first evaluation)."""
+    world_size: int
+    """Number of ranks that wrote the checkpoint."""
+    train_config: dict[str, Any]
+    """The run's resolved TrainConfig."""
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    """The optimizer's state_dict (the full, unsharded one under FSDP)."""
+    loader: list[dict[str, Any]] = field(default_factory=list)
+    """Each rank's training DataLoader state."""
+    rng: list[dict[str, Any]] = field(default_factory=list)
+    """Each rank's RNG states (see capture_rng_state)."""
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON part, stored in config.json under "training"."""
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "best_val_loss": self.best_val_loss,
+            "world_size": self.world_size,
+            "train_config": self.train_config,
+        }
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model_state: dict[str, torch.Tensor],
+    config: GPTConfig,
+    state: TrainingState,
+    tokeniser_spec: str | None,
+    tokeniser_fingerprint: str | None,
+) -> Path:
+    """Write a training checkpoint directory atomically (everything or nothing)."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        write_model_files(
+            tmp,
+            model_state,
+            config,
+            tokeniser_spec,
+            tokeniser_fingerprint,
+            extra={"training": state.summary()},
+        )
+        torch.save(state.optimizer, tmp / OPTIMIZER_FILE)
+        torch.save(state.rng, tmp / RNG_FILE)
+        write_json_atomic(tmp / LOADER_FILE, {"version": LOADER_VERSION, "ranks": state.loader})
+    return out_dir
+
+
+def load_training_state(path: str | Path) -> TrainingState:
+    """The training state of a checkpoint directory (weights are loaded by `load_weights`)."""
+    path = Path(path)
+    meta = read_meta(path)
+    training = meta.get("training")
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{path}: a model directory, not a training checkpoint")
+    for name in (OPTIMIZER_FILE, RNG_FILE, LOADER_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}")
+    try:
+        optimizer = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        rng = torch.load(path / RNG_FILE, map_location="cpu", weights_only=True)
+        loader = json.loads((path / LOADER_FILE).read_text())
+    except (RuntimeError, EOFError, json.JSONDecodeError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: damaged training state ({e})") from None
+    if loader.get("version") != LOADER_VERSION:
+        raise CheckpointError(f"{path / LOADER_FILE}: version {loader.get('version')}")
+    try:
+        return TrainingState(
+            step=int(training["step"]),
+            tokens=int(training["tokens"]),
+            best_val_loss=training["best_val_loss"],
+            world_size=int(training["world_size"]),
+            train_config=dict(training["train_config"]),
+            optimizer=optimizer,
+            loader=list(loader["ranks"]),
+            rng=list(rng),
+        )
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / CONFIG_FILE}: incomplete training state ({e})") from None
+
+
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's RNG states in types that torch.load(weights_only=True) accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Undo `capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if device is not None and device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """RUN/checkpoints/step_XXXXXXX for a checkpoint taken after `step` optimizer steps."""
+    return checkpoints_dir(run_dir) / f"{STEP_PREFIX}{step:07d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's complete checkpoint directories, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.name.startswith(STEP_PREFIX) and not p.is_symlink() and is_checkpoint(p)
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint that RUN/checkpoints/best points to, or None."""
+    link = checkpoints_dir(run_dir) / BEST_LINK
+    target = link.resolve() if link.is_symlink() else None
+    return target if target is not None and is_checkpoint(target) else None
+
+
+def mark_best(run_dir: str | Path, path: Path) -> None:
+    """Point RUN/checkpoints/best at `path` (a relative symlink, replaced atomically)."""
+    root = checkpoints_dir(run_dir)
+    tmp = root / f".{BEST_LINK}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(path).name)
+    os.replace(tmp, root / BEST_LINK)
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints and the best one; also leftovers of
+    interrupted saves. Returns the deleted directories."""
+    root = checkpoints_dir(run_dir)
+    best = best_checkpoint(run_dir)
+    found = list_checkpoints(run_dir)
+    doomed = [p for p in found[: max(len(found) - keep, 0)] if p != best]
+    for p in doomed:
+        shutil.rmtree(p)
+    for p in root.glob(f".{STEP_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed

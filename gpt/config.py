@@ -11,7 +11,9 @@ under the field); command-line flags are generated from them. Presets are a name
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -88,3 +90,240 @@ def model_preset(name: str, **overrides: int | float) -> GPTConfig:
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
     return dataclasses.replace(MODEL_PRESETS[name], **overrides)
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, batch, optimizer, schedule, evaluation, checkpoints, logs.
+
+    The defaults are the GPT-α 124M recipe (`gpt2` preset) on fineweb-edu 10B.
+    """
+
+    data: str = "cache/fineweb_edu_10B"
+    """Prepared dataset directory (shards + manifest.json, from fineweb.py)."""
+    out: str = "runs/gpt2"
+    """Run directory: config.json, metrics.jsonl, log.txt, checkpoints/, export/, plots/."""
+    tokeniser: str = "gpt2"
+    """Tokeniser spec ("gpt2" or a .tkn file); must match the dataset's manifest."""
+    model: str = "gpt2"
+    """Model preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, demo, tiny); vocab from the data."""
+    pad_vocab_multiple: int = 128
+    """Pad the embedding table to a multiple of this (50,257 -> 50,304 with 128)."""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto (CUDA, else MPS, else CPU)."""
+    dtype: str = "auto"
+    """Autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), bfloat16 or float32."""
+    compile: bool | None = None
+    """torch.compile the training step (default: on for CUDA, off elsewhere)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 instead of DDP."""
+    batch_size: int = 64
+    """Micro-batch size per device (sequences)."""
+    seq_len: int = 1024
+    """Sequence length of a training row (tokens); at most the model's block_size."""
+    total_batch_size: int = 524288
+    """Tokens per optimizer step; a multiple of batch_size * seq_len * world size."""
+    max_lr: float = 1.8e-3
+    """Peak learning rate, reached after the warm-up."""
+    min_lr_ratio: float = 0.04
+    """Final learning rate as a fraction of max_lr (cosine decay ends there)."""
+    warmup_steps: int = 715
+    """Linear warm-up steps from max_lr / warmup_steps to max_lr."""
+    max_steps: int | None = None
+    """Optimizer steps (default: `epochs` passes over the training split)."""
+    epochs: int = 1
+    """Passes over the training split when max_steps is not given."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to >= 2-D parameters only (matmuls and embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables clipping)."""
+    seed: int = 1337
+    """Seed of the weights' initialisation and of the data order."""
+    eval_every: int = 150
+    """Validation loss, HellaSwag and samples every this many steps (and at the end)."""
+    val_tokens: int = 10_485_760
+    """Validation budget in tokens (capped by the validation split)."""
+    hellaswag: str = "auto"
+    """HellaSwag jsonl: a path, auto (HELLASWAG_FILE or the download cache) or off."""
+    hellaswag_limit: int | None = None
+    """Score only the first N HellaSwag examples (default: all 10,042)."""
+    samples: int = 4
+    """Sequences sampled at each evaluation (0: none)."""
+    sample_prompt: str = "Hello, I'm a language model,"
+    """Prompt of the samples."""
+    sample_tokens: int = 32
+    """New tokens per sample."""
+    sample_temperature: float = 1.0
+    """Sampling temperature."""
+    sample_top_k: int = 50
+    """Sample among the k most likely tokens (0: all)."""
+    sample_seed: int = 42
+    """Seed of the sampling generator (the same at every evaluation)."""
+    save_every: int = 1500
+    """Write a checkpoint every this many steps (0: only best and final)."""
+    keep: int = 2
+    """Keep the last this many checkpoints, plus the best."""
+    resume: str | None = None
+    """Resume: latest (the newest checkpoint in --out) or a checkpoint directory."""
+    export: bool = True
+    """Export the best checkpoint as a Hugging Face model directory (RUN/export) at the end."""
+    plot: bool = True
+    """Write the run's plots to RUN/plots at the end (needs matplotlib)."""
+    log_every: int = 1
+    """Print a console line every this many steps (metrics.jsonl gets every step)."""
+    progress: bool = True
+    """Show a progress bar with ETA."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device for MFU (default: 989e12 on H100/H200, measured on CPU)."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (RUN/tensorboard; needs the tensorboard package)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the wandb package)."""
+    wandb_project: str = "gpt-alpha"
+    """Weights & Biases project name."""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "seq_len", "total_batch_size", "epochs", "eval_every")
+        for name in positive + ("log_every", "pad_vocab_multiple", "keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_every", "samples", "sample_tokens", "sample_top_k"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.model not in MODEL_PRESETS:
+            raise ValueError(
+                f"unknown model preset {self.model!r}; choose from {', '.join(MODEL_PRESETS)}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cuda", "mps", "cpu"):
+            raise ValueError(f"device must be auto, cuda, mps or cpu, got {self.device!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_lr <= 0:
+            raise ValueError(f"max_lr must be > 0, got {self.max_lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (keys with - or _), refusing unknown keys."""
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {', '.join(unknown)}")
+        return cls(**checked_types(cls, d))
+
+
+def checked_types(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` with each value checked against the field's type (ints accepted for floats), so that
+    a config file's `max_lr = "fast"` is refused up front."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in d.items():
+        allowed = typing.get_args(hints[key]) or (hints[key],)
+        if value is None and type(None) in allowed:
+            out[key] = value
+        elif float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = float(value)
+        else:
+            kinds = tuple(t for t in allowed if t is not type(None))
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"{key}: expected {_type_name(allowed)}, got {value!r}")
+            out[key] = value
+    return out
+
+
+def _type_name(types: tuple[Any, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+DTYPES = ("auto", "bfloat16", "float32")
+
+# Recipes: overrides of TrainConfig's defaults (which are the `gpt2` recipe itself).
+# Larger models follow GPT-3's table scaled like GPT-α's 124M recipe (3x GPT-3's learning rate):
+# 350M 3e-4 -> 9e-4, 760M 2.5e-4 -> 7.5e-4, 1.3B 2e-4 -> 6e-4, GPT-3's 1M-token batch for xl
+# (warm-up kept at 375M tokens), and micro-batches that fit an 80 GB card (xl: FSDP on 40 GB).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": {},
+    "gpt2-medium": {
+        "model": "gpt2-medium",
+        "out": "runs/gpt2-medium",
+        "batch_size": 32,
+        "max_lr": 9e-4,
+    },
+    "gpt2-large": {
+        "model": "gpt2-large",
+        "out": "runs/gpt2-large",
+        "batch_size": 16,
+        "max_lr": 7.5e-4,
+    },
+    "gpt2-xl": {
+        "model": "gpt2-xl",
+        "out": "runs/gpt2-xl",
+        "batch_size": 8,
+        "max_lr": 6e-4,
+        "total_batch_size": 1_048_576,
+        "warmup_steps": 358,
+    },
+    # The one-command CPU demo (gpt/demo.py): a 4,096-token tokeniser and the python-docs corpus.
+    "demo": {
+        "model": "demo",
+        "data": "cache/demo/data",
+        "tokeniser": "cache/demo/tokeniser.tkn",
+        "out": "runs/demo",
+        "pad_vocab_multiple": 64,
+        "batch_size": 16,
+        "seq_len": 128,
+        "total_batch_size": 2048,
+        "max_lr": 3e-3,
+        "warmup_steps": 20,
+        "max_steps": 600,
+        "eval_every": 100,
+        "val_tokens": 65_536,
+        "save_every": 0,
+        "keep": 1,
+        "sample_prompt": "The",
+        "samples": 2,
+        "sample_tokens": 48,
+        "log_every": 25,
+    },
+    # For tests: the tiny model, a few steps, no compile.
+    "tiny": {
+        "model": "tiny",
+        "out": "runs/tiny",
+        "pad_vocab_multiple": 64,
+        "batch_size": 4,
+        "seq_len": 32,
+        "total_batch_size": 128,
+        "max_lr": 1e-2,
+        "warmup_steps": 2,
+        "max_steps": 10,
+        "eval_every": 5,
+        "val_tokens": 512,
+        "save_every": 5,
+        "samples": 1,
+        "sample_tokens": 8,
+        "compile": False,
+        "device": "cpu",
+        "hellaswag": "off",
+        "progress": False,
+    },
+}
+
+
+def train_preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named training recipe as a TrainConfig, with optional field overrides."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
+    return TrainConfig.from_dict({**TRAIN_PRESETS[name], **overrides})

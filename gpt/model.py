@@ -5,18 +5,57 @@ Learned position embeddings, pre-LayerNorm blocks with biases, fused QKV project
 `transformers.GPT2LMHeadModel` (`transformer.h.0.attn.c_attn.weight`, ...), so conversion is a
 key copy plus a short list of transposed Conv1D weights (see gpt/hf.py).
 
+Generation uses a preallocated key/value cache: the prompt is run once (prefill), then each new
+token costs one single-position forward pass. Decoding one sequence is bound by reading the
+weights, so the lm_head product uses a contiguous input-major copy of the embedding (`C x V`),
+which reads memory in order and is ~2.5x faster on CPU than the `V x C` layout.
+
 The module knows nothing of DDP, compile or autocast: the trainer applies them from outside.
+
+    >>> from gpt.config import model_preset
+    >>> model = GPT(model_preset("tiny"))
+    >>> model.generate(torch.zeros(1, 1, dtype=torch.long), 5, temperature=0).shape
+    torch.Size([1, 6])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gpt.config import GPTConfig
+
+if TYPE_CHECKING:
+    from gpt.tokeniser import Tokeniser
+
+
+class KVCache:
+    """Preallocated keys and values of every layer for a batch, filled from position 0 on."""
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        capacity: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.length = 0
+        """Positions filled so far; the next token goes to position `length`."""
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, nh, S, hs) key and value buffers of layer i."""
+        return self.k[i], self.v[i]
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,6 +109,100 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token of each row of logits (B, V) -> (B,) int64.
+
+    temperature 0 is greedy (argmax). top_k keeps the k most likely tokens; top_p keeps the
+    smallest set of most likely tokens whose probability reaches top_p (nucleus sampling), the
+    most likely token always included. Both may be combined (top_k first).
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is None and top_p is None:
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if top_k is not None and top_k < logits.size(-1):
+        logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), sorted descending
+    else:
+        logits, ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None:
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
+        probs = probs.masked_fill(mass_before >= top_p, 0.0)
+    choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    return ids.gather(-1, choice).squeeze(1)
+
+
+def check_sampling(
+    temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int
+) -> None:
+    """Refuse meaningless sampling settings with a ValueError naming the setting."""
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+
+def _input_major(linear: nn.Linear, copy: bool) -> torch.Tensor:
+    """The weight of `linear` as (in, out) for torch.addmm: a contiguous copy or a view."""
+    w = linear.weight.detach().t()
+    return w.contiguous() if copy else w
+
+
+class LayerWeights(NamedTuple):
+    """One block's projection weights as (in, out) matrices, and their biases."""
+
+    attn_w: torch.Tensor
+    attn_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    fc_w: torch.Tensor
+    fc_b: torch.Tensor
+    mlp_proj_w: torch.Tensor
+    mlp_proj_b: torch.Tensor
+
+
+class DecodingWeights:
+    """The model's weights laid out for decoding.
+
+    Decoding a few sequences is bound by reading the weights once per token, and on CPU a
+    matrix-vector product streams memory fastest when the longer dimension is contiguous:
+    widening projections (c_attn, c_fc) and the lm_head (real vocabulary rows only) get a
+    contiguous (in, out) copy, the narrowing ones (c_proj) keep their (out, in) storage. On
+    other devices no copies are made.
+    """
+
+    def __init__(self, model: GPT, key: tuple[Any, ...]) -> None:
+        self.key = key
+        copy = model.lm_head.weight.device.type == "cpu"
+        self.layers = [
+            LayerWeights(
+                _input_major(b.attn.c_attn, copy),
+                b.attn.c_attn.bias.detach(),
+                _input_major(b.attn.c_proj, False),
+                b.attn.c_proj.bias.detach(),
+                _input_major(b.mlp.c_fc, copy),
+                b.mlp.c_fc.bias.detach(),
+                _input_major(b.mlp.c_proj, False),
+                b.mlp.c_proj.bias.detach(),
+            )
+            for b in model.transformer.h
+        ]
+        head = model.lm_head.weight.detach()[: model.config.vocab_size].t()  # (C, V)
+        self.head = head.contiguous() if copy else head
+
+
 class GPT(nn.Module):
     """GPT-2 language model with a tied lm_head."""
 
@@ -87,6 +220,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.apply(self._init_weights)  # tied weight is visited once, through wte
+        self._decoding: DecodingWeights | None = None
+        """The weights laid out for decoding (see `_decoding_weights`)."""
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02); residual projections N(0, 0.02/sqrt(2*n_layer)); zero biases."""
@@ -145,3 +280,173 @@ class GPT(nn.Module):
         T = seq_len if seq_len is not None else cfg.block_size
         n = self.num_params() - self.transformer.wpe.weight.numel()
         return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
+
+    # ----------------------------------------------------------------------------------------
+    # Generation
+
+    def _decoding_weights(self) -> DecodingWeights:
+        """The weights in decoding layout, rebuilt whenever a parameter changed since last time.
+
+        A change is a new tensor or device (data_ptr) or an in-place update such as an
+        optimizer step or load_state_dict (the tensor's version counter).
+        """
+        key = tuple(
+            (p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device)
+            for p in self.parameters()
+        )
+        if self._decoding is None or self._decoding.key != key:
+            self._decoding = None  # free the old copies before making new ones
+            self._decoding = DecodingWeights(self, key)
+        return self._decoding
+
+    def _cached_forward(
+        self, idx: torch.Tensor, cache: KVCache, weights: DecodingWeights
+    ) -> torch.Tensor:
+        """Run idx (B, T) from position cache.length on; logits of the last position (B, V).
+
+        The same computation as forward, on 2-D rows (B*T, C) and the decoding weights. T > 1
+        is a prefill, allowed on an empty cache only; T == 1 is one decoding step, which
+        attends to every cached position.
+        """
+        B, T = idx.shape
+        C, nh, pos = self.config.n_embd, self.config.n_head, cache.length
+        x = self.transformer.wte(idx) + self.transformer.wpe.weight[pos : pos + T]  # (B, T, C)
+        x = x.view(B * T, C)
+        for i, (block, w) in enumerate(zip(self.transformer.h, weights.layers, strict=True)):
+            qkv = torch.addmm(w.attn_b, block.ln_1(x), w.attn_w)  # (B*T, 3C)
+            q, k, v = qkv.view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+            k_cache, v_cache = cache.layer(i)
+            k_cache[:, :, pos : pos + T] = k
+            v_cache[:, :, pos : pos + T] = v
+            if T == 1:
+                k, v = k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1]  # (B, nh, pos+1, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # (B, nh, T, hs)
+            y = y.transpose(1, 2).reshape(B * T, C)
+            x = x + torch.addmm(w.proj_b, y, w.proj_w)
+            hidden = F.gelu(torch.addmm(w.fc_b, block.ln_2(x), w.fc_w), approximate="tanh")
+            x = x + torch.addmm(w.mlp_proj_b, hidden, w.mlp_proj_w)  # (B*T, C)
+        cache.length = pos + T
+        x = self.transformer.ln_f(x.view(B, T, C)[:, -1])  # (B, C): only the last position
+        return x @ weights.head  # (B, V)
+
+    def _decode(
+        self,
+        seq: torch.Tensor,
+        prompt_len: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        eos_token: int | None,
+        generator: torch.Generator | None,
+    ) -> Iterator[torch.Tensor]:
+        """Fill seq (B, prompt_len + new) from column prompt_len on, yielding each new column.
+
+        Context longer than block_size: the prompt is cropped to its last block_size tokens.
+        When the cache is full, the context is cropped to its last 3/4 * block_size tokens and
+        the cache refilled from them (one prefill), so decoding continues with at least that
+        much context and the refill cost is shared by block_size/4 new tokens.
+        """
+        B, total = seq.shape
+        S = self.config.block_size
+        keep = max(1, S - S // 4)
+        start = max(0, prompt_len - S)
+        capacity = min(S, total - start)
+        weights = self._decoding_weights()
+        cache = KVCache(self.config, B, capacity, seq.device, weights.head.dtype)
+        logits = self._cached_forward(seq[:, start:prompt_len], cache, weights)
+        finished = torch.zeros(B, dtype=torch.bool, device=seq.device)
+        for t in range(prompt_len, total):
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if eos_token is not None:
+                token.masked_fill_(finished, eos_token)
+                finished |= token == eos_token
+            seq[:, t] = token
+            yield token
+            if t + 1 == total or (eos_token is not None and bool(finished.all())):
+                return
+            if cache.length == cache.capacity:
+                cache.length = 0
+                logits = self._cached_forward(seq[:, t + 1 - keep : t + 1], cache, weights)
+            else:
+                logits = self._cached_forward(token[:, None], cache, weights)
+
+    def _start(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+    ) -> torch.Tensor:
+        """Validate the arguments; the output buffer (B, T + max_new_tokens) holding idx."""
+        check_sampling(temperature, top_k, top_p, max_new_tokens)
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(
+                f"idx must be (batch, tokens) with tokens >= 1, got {tuple(idx.shape)}"
+            )
+        B, T = idx.shape
+        seq = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
+        seq[:, :T] = idx
+        return seq
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue every row of idx (B, T) by up to max_new_tokens tokens -> (B, T + new).
+
+        temperature 0 is greedy; top_k / top_p restrict sampling (see `sample_next`); several
+        samples of one prompt are rows repeated by the caller. A row that produced eos_token is
+        filled with eos_token from then on, and generation stops early once every row has
+        (so `new` may be less than max_new_tokens).
+        """
+        seq = self._start(idx, max_new_tokens, temperature, top_k, top_p)
+        T = idx.size(1)
+        if max_new_tokens == 0:
+            return seq
+        steps = self._decode(seq, T, temperature, top_k, top_p, eos_token, generator)
+        new = sum(1 for _ in steps)
+        return seq[:, : T + new]
+
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Like `generate`, but yield each new token column (B,) as soon as it is sampled."""
+        seq = self._start(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens > 0:
+            yield from self._decode(
+                seq, idx.size(1), temperature, top_k, top_p, eos_token, generator
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Hugging Face interoperability (implemented in gpt/hf.py, imported on first use)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> GPT:
+        """A GPT-2 checkpoint from a local Hugging Face directory or a hub name (gpt2, ...)."""
+        from gpt.hf import from_pretrained
+
+        return from_pretrained(name_or_dir)
+
+    def save_pretrained(
+        self, out_dir: str | Path, tokeniser: Tokeniser | str | None = None
+    ) -> Path:
+        """Write a directory that transformers.GPT2LMHeadModel.from_pretrained loads."""
+        from gpt.hf import save_pretrained
+
+        return save_pretrained(self, out_dir, tokeniser)
