@@ -35,11 +35,11 @@ def count(text: str) -> int:
     m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMbBgG]?)\s*", text)
     try:
         value = float(m.group(1)) * SUFFIXES[m.group(2).upper()] if m else -1.0
-    except ValueError:
-        value = -1.0
-    if value < 0 or value != int(value):
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 5000, 100M, 1e8)")
-    return int(value)
+        if value >= 0 and value == int(value):
+            return int(value)
+    except (ValueError, OverflowError):
+        pass
+    raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 5000, 100M, 1e8)")
 
 
 def default_out(args: argparse.Namespace) -> Path:

@@ -34,12 +34,25 @@ from gpt.config import model_preset  # noqa: E402
 from gpt.model import GPT  # noqa: E402
 
 
-def timed(model: object, items: list[hs.Encoded], fn: hs.ScoreFn, **kw: object) -> tuple:
-    """(items/s, log-likelihoods) after one warm-up batch."""
-    hs.score_items(model, items[:2], fn, **kw)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    ll = hs.score_items(model, items, fn, **kw)  # type: ignore[arg-type]
-    return len(items) / (time.perf_counter() - t0), ll
+def interleaved(
+    methods: list[tuple[object, hs.ScoreFn, int]], items: list[hs.Encoded], device: torch.device
+) -> list[tuple[float, np.ndarray]]:
+    """(items/s, log-likelihoods) per (model, score_fn, batch_size), after a warm-up. The methods
+    take turns chunk by chunk, so a busy machine slows them alike."""
+    chunk = max(bs for _, _, bs in methods)
+    seconds = [0.0] * len(methods)
+    lls = [np.zeros((len(items), hs.N_ENDINGS)) for _ in methods]
+    for model, fn, bs in methods:
+        hs.score_items(model, items[:2], fn, device=device, batch_size=bs)
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        for j, (model, fn, bs) in enumerate(methods):
+            t0 = time.perf_counter()
+            lls[j][start : start + chunk] = hs.score_items(
+                model, part, fn, device=device, batch_size=bs
+            )
+            seconds[j] += time.perf_counter() - t0
+    return [(len(items) / s, ll) for s, ll in zip(seconds, lls, strict=True)]
 
 
 def hf_twin(model: GPT) -> torch.nn.Module:
@@ -63,14 +76,17 @@ def hf_twin(model: GPT) -> torch.nn.Module:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", help="HellaSwag jsonl (default: HELLASWAG_FILE, cache, ../shared)")
-    p.add_argument("--examples", type=int, default=40, help="items to score")
-    p.add_argument("--batch-size", type=int, default=hs.DEFAULT_BATCH_SIZE, help="items per pass")
-    p.add_argument("--preset", default="gpt2", help="model shape (random weights)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--examples", type=int, default=40, help="items to score (default: 40)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=hs.DEFAULT_BATCH_SIZE,
+        help=f"items per pass (default: {hs.DEFAULT_BATCH_SIZE})",
+    )
+    p.add_argument("--preset", default="gpt2", help="model shape, random weights (default: gpt2)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face row")
     args = p.parse_args(argv)
     if args.examples < 1 or args.batch_size < 1:
@@ -92,14 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = hs.encode_examples(
         examples, tok.encode_ordinary_batch, model.config.block_size, empty_ctx=tok.eot_token
     )
-    kw = {"device": device, "batch_size": args.batch_size}
-    seed_rate, seed_ll = timed(model, items, hs.score_seed_batch, device=device, batch_size=1)
-    rows = [("seed method (1 item/pass, 4 padded rows)", 1, seed_rate, seed_ll)]
-    rate, ll = timed(model, items, hs.score_packed_batch, **kw)
-    rows.append(("packed (ours)", args.batch_size, rate, ll))
+    methods: list[tuple[str, object, hs.ScoreFn, int]] = [
+        ("seed method (1 item/pass, 4 padded rows)", model, hs.score_seed_batch, 1),
+        ("packed (ours)", model, hs.score_packed_batch, args.batch_size),
+    ]
     if not args.no_hf:
-        rate, ll = timed(hf_twin(model).to(device), items, hs.score_hf_batch, **kw)
-        rows.append(("Hugging Face path (padded rows)", args.batch_size, rate, ll))
+        hf = hf_twin(model).to(device)
+        methods.append(("Hugging Face path (padded rows)", hf, hs.score_hf_batch, args.batch_size))
+    results = interleaved([(m, fn, bs) for _, m, fn, bs in methods], items, device)
+    seed_rate, seed_ll = results[0]
     n_padded = sum(4 * it.padded_len for it in items)
     n_packed = sum(it.packed_len for it in items)
     print(
@@ -110,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"tokens per item: seed {n_padded / len(items):.0f}, packed {n_packed / len(items):.0f}")
     print("| method | items/pass | items/s | vs seed | max abs diff of log-likelihoods |")
     print("|---|---:|---:|---:|---:|")
-    for name, bs, rate, ll in rows:
+    for (name, _, _, bs), (rate, ll) in zip(methods, results, strict=True):
         diff = float(np.abs(ll - seed_ll).max())
         print(f"| {name} | {bs} | {rate:.2f} | {rate / seed_rate:.2f}x | {diff:.1e} |")
     return 0

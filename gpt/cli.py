@@ -25,6 +25,13 @@ class UsageError(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, ValueError)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, bad value) raise UsageError: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def fail(message: str) -> NoReturn:
     """Print `error: message` on stderr and exit with code 2."""
     print(f"error: {message}", file=sys.stderr)

@@ -109,11 +109,8 @@ class DataLoader:
         entries = [s for s in self.manifest["shards"] if s["split"] == self.split]
         for path, entry in zip(self.paths, entries, strict=True):
             header = read_shard_header(path)
-            if (header.tokens, header.docs, header.dtype) != (
-                entry["tokens"],
-                entry["docs"],
-                dtype,
-            ):
+            found = (header.tokens, header.docs, header.dtype)
+            if found != (entry["tokens"], entry["docs"], dtype):
                 raise DataError(f"{path}: does not match {self.data_dir / MANIFEST}")
             load_doc_offsets(path)
 

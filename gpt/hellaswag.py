@@ -70,14 +70,13 @@ def cache_dir() -> Path:
 
 
 def find_hellaswag_file(path: str | None = None, split: str = "val") -> Path | None:
-    """The split's jsonl: `path` if given, else env HELLASWAG_FILE, else the download cache.
-
-    Returns None when the file is not there; never downloads and never raises for absence.
+    """The split's jsonl: `path` if given, else (val split) env HELLASWAG_FILE, else the download
+    cache. Returns None when the file is not there; never downloads, never raises for absence.
     """
     if path is not None:
         return Path(path) if Path(path).is_file() else None
     env = os.environ.get("HELLASWAG_FILE")
-    if env and Path(env).is_file():
+    if split == "val" and env and Path(env).is_file():
         return Path(env)
     cached = cache_dir() / f"hellaswag_{split}.jsonl"
     return cached if cached.is_file() else None
@@ -614,28 +613,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hellaswag.py",
         description="HellaSwag accuracy (acc, acc_norm, acc_norm_bytes) of one of our "
         "checkpoints or a Hugging Face causal LM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "-m", "--model", required=True, help="our checkpoint dir, a HF model dir or a hub name"
     )
-    p.add_argument("--data", help="local HellaSwag jsonl (default: the downloaded --split)")
-    p.add_argument("--split", choices=SPLITS, default="val", help="split to download")
-    p.add_argument("--limit", type=int, help="score only the first N items")
+    p.add_argument(
+        "--data",
+        help="local HellaSwag jsonl (default: env HELLASWAG_FILE for the val split, else --split "
+        "downloaded once into env HELLASWAG_DIR or ~/.cache/gpt-alpha/hellaswag)",
+    )
+    p.add_argument(
+        "--split", choices=SPLITS, default="val", help="split to download (default: val)"
+    )
+    p.add_argument("--limit", type=int, help="score only the first N items (default: all)")
     p.add_argument(
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
-        help="items per forward pass (HF models: 4 rows each)",
+        help=f"items per forward pass; HF models take 4 rows per item (default: "
+        f"{DEFAULT_BATCH_SIZE})",
     )
     p.add_argument(
         "--seed-method",
         action="store_true",
         help="our models only: the seed's slow scoring, one item per forward (a baseline)",
     )
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda:1, ...")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype")
-    p.add_argument("--output", help="write results and per-item predictions to this JSON file")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda, else mps, else cpu), cpu, cuda:1, ... (default: auto)",
+    )
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype (default: float32)"
+    )
+    p.add_argument("--output", help="also write results and per-item predictions to this JSON")
     return p
 
 

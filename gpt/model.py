@@ -179,8 +179,9 @@ class DecodingWeights:
     Decoding a few sequences is bound by reading the weights once per token, and on CPU a
     matrix-vector product streams memory fastest when the longer dimension is contiguous:
     widening projections (c_attn, c_fc) and the lm_head (real vocabulary rows only) get a
-    contiguous (in, out) copy, the narrowing ones (c_proj) keep their (out, in) storage. On
-    other devices no copies are made.
+    contiguous (in, out) copy, the narrowing ones (c_proj) keep their (out, in) storage. The
+    copies cost about 60% of the weights' memory, for as long as the model lives (or until the
+    weights change). On other devices no copies are made.
     """
 
     def __init__(self, model: GPT, key: tuple[Any, ...]) -> None:
@@ -199,8 +200,16 @@ class DecodingWeights:
             )
             for b in model.transformer.h
         ]
-        head = model.lm_head.weight.detach()[: model.config.vocab_size].t()  # (C, V)
-        self.head = head.contiguous() if copy else head
+        self.head = model.lm_head.weight.detach()[: model.config.vocab_size]  # (V, C)
+        self.head_t = self.head.t().contiguous() if copy else self.head.t()  # (C, V)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C) -> logits (B, V) of the real vocabulary.
+
+        One row streams the (C, V) copy; several rows are faster as head @ x.T on the (V, C)
+        storage, where the matrix library keeps the tall weight in place instead of packing it.
+        """
+        return x @ self.head_t if x.size(0) == 1 else (self.head @ x.t()).t()
 
 
 class GPT(nn.Module):
@@ -327,7 +336,7 @@ class GPT(nn.Module):
             x = x + torch.addmm(w.mlp_proj_b, hidden, w.mlp_proj_w)  # (B*T, C)
         cache.length = pos + T
         x = self.transformer.ln_f(x.view(B, T, C)[:, -1])  # (B, C): only the last position
-        return x @ weights.head  # (B, V)
+        return weights.logits(x)  # (B, V)
 
     def _decode(
         self,

@@ -21,8 +21,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import signal
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from itertools import chain, islice
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
@@ -100,8 +102,9 @@ def prepare_dataset(
     elif manifest["complete"]:
         return manifest
     writer = _ShardWriter(out_dir, manifest)
-    skip = manifest["docs"]
-    pending = islice(documents, skip, max_docs)
+    if max_tokens is not None and writer.tokens >= max_tokens:  # stopped just before the end
+        return writer.finish()
+    pending = islice(documents, manifest["docs"], max_docs)  # resume: skip what is written
     workers = workers or os.cpu_count() or 1
     bar = tqdm(
         total=max_tokens,
@@ -112,8 +115,8 @@ def prepare_dataset(
         disable=not progress,
         dynamic_ncols=True,
     )
-    with bar:
-        for tokens, lengths in _encoded_chunks(pending, tok, workers):
+    with bar, closing(_encoded_chunks(pending, tok, workers)) as chunks:
+        for tokens, lengths in chunks:
             tokens, lengths = _cut_to_budget(tokens, lengths, writer.tokens, max_tokens)
             writer.add(tokens, lengths)
             bar.update(len(tokens))
@@ -226,8 +229,11 @@ def _encode(tok: Tokeniser, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _init_worker(spec: str) -> None:
+    """Build the tokeniser from its spec, unless the process was forked with it already built."""
     global _worker_tokeniser
-    _worker_tokeniser = get_tokeniser(spec)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if _worker_tokeniser is None or _worker_tokeniser.spec != spec:
+        _worker_tokeniser = get_tokeniser(spec)
 
 
 def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +243,7 @@ def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _encoded_chunks(
     documents: Iterable[str], tok: Tokeniser, workers: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """`_encode` of each chunk of documents, in order: in this process when `workers` == 1, else
     in a pool of processes with at most 2 * `workers` chunks in flight (bounded memory)."""
     chunks = _chunks(documents)
@@ -245,6 +251,8 @@ def _encoded_chunks(
         for chunk in chunks:
             yield _encode(tok, chunk)
         return
+    global _worker_tokeniser
+    _worker_tokeniser = tok  # forked workers inherit it instead of loading it again
     with _pool(workers, tok.spec) as pool:
         in_flight: deque[AsyncResult[tuple[np.ndarray, np.ndarray]]] = deque()
         for chunk in chunks:

@@ -94,8 +94,12 @@ def iter_hub_dataset(
     """Stream the "train" split of a `datasets` dataset (a hub id, or a builder such as "parquet"
     with `data_files`), yielding each row's `text_field`. Nothing is downloaded up front, and
     the hub is first contacted when the first document is asked for."""
-    import datasets  # heavy; only this source needs it
-
+    try:
+        import datasets  # heavy and optional; only this source needs it
+    except ImportError:
+        raise SourceError(
+            f"streaming {path} needs the datasets package: pip install datasets"
+        ) from None
     what = path if name is None else f"{path} ({name})"
     try:
         rows = datasets.load_dataset(
@@ -187,7 +191,10 @@ def _iter_jsonl(file: Path, text_field: str) -> Iterator[str]:
 
 
 def _iter_parquet(file: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq  # heavy; only this file type needs it
+    try:
+        import pyarrow.parquet as pq  # heavy and optional; only this file type needs it
+    except ImportError:
+        raise SourceError(f"{file}: reading parquet needs pyarrow: pip install pyarrow") from None
 
     try:
         pf = pq.ParquetFile(file)

@@ -522,7 +522,7 @@ def make_val_loader(
 
 def restore(run: Run, state: ckpt.TrainingState, path: Path) -> None:
     """Put the optimizer, loader, RNG and counters back where the checkpoint left them."""
-    if run.cfg.fsdp:
+    if run.cfg.fsdp and state.optimizer:  # empty: saved before the first step
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
@@ -534,7 +534,7 @@ def restore(run: Run, state: ckpt.TrainingState, path: Path) -> None:
             optim_state_dict=state.optimizer,
             options=StateDictOptions(full_state_dict=True),
         )
-    else:
+    elif not run.cfg.fsdp:
         run.optimizer.load_state_dict(state.optimizer)
     run.train_loader.load_state_dict(state.loader[run.env.rank])
     ckpt.restore_rng_state(state.rng[run.env.rank], run.device)
@@ -848,7 +848,11 @@ def gather_states(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(run.model, options=options)
-        optim_state = get_optimizer_state_dict(run.model, run.optimizer, options=options)
+        # Before the first step there is no state, and get_optimizer_state_dict would create it
+        # by taking a zero-gradient step (advancing AdamW's step count): save none instead.
+        optim_state: dict[str, Any] = {}
+        if run.optimizer.state:
+            optim_state = get_optimizer_state_dict(run.model, run.optimizer, options=options)
         model_state = {k: v.contiguous() for k, v in model_state.items() if k != "lm_head.weight"}
         return model_state, optim_state
     if not run.env.is_main:

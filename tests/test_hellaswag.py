@@ -231,8 +231,20 @@ def test_hf_model_matches_transformers(
     tiny_hf_gpt2_dir: Path, real_items: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "r.json"
-    _run_main(["-m", str(tiny_hf_gpt2_dir), "--data", str(real_items), "--batch-size", "3",
-               "--device", "cpu", "--output", str(out)])  # fmt: skip
+    _run_main(
+        [
+            "-m",
+            str(tiny_hf_gpt2_dir),
+            "--data",
+            str(real_items),
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
     examples = hs.load_examples(real_items)
     _check_results(
         json.loads(out.read_text()), examples, _transformers_reference(tiny_hf_gpt2_dir, examples)
@@ -255,6 +267,25 @@ def test_our_checkpoint_matches_transformers(
     # evaluate(), what the trainer calls, agrees with the command
     metrics = hs.evaluate(_hf_to_ours(tiny_hf_gpt2_dir), tok, examples, batch_size=4)
     assert metrics == pytest.approx({k: result[k] for k in ("n", *hs.METRICS)})
+
+
+def test_hf_bos_follows_the_tokenizer(tiny_hf_gpt2_dir: Path, tmp_path: Path) -> None:
+    """Contexts start with BOS exactly when the tokenizer's default encoding adds it (OPT,
+    Llama); endings never get it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    bos_dir = tmp_path / "bos"
+    shutil.copytree(tiny_hf_gpt2_dir, bos_dir)
+    AutoTokenizer.from_pretrained(tiny_hf_gpt2_dir, add_bos_token=True).save_pretrained(bos_dir)
+    ex = [{"ctx": "A man", "endings": ["runs.", "sits.", "eats.", "jumps."], "label": 0}]
+    for folder, prefix in ((tiny_hf_gpt2_dir, []), (bos_dir, [50256])):
+        lm = hs.load_hf(str(folder), CPU, torch.float32)
+        assert lm.prefix == prefix and lm.max_len == 128
+        [it] = hs.encode_examples(ex, lm.encode_batch, lm.max_len, lm.prefix, lm.empty_ctx)
+        assert it.ctx == [*prefix, 32, 582]  # "A", " man"
+        assert it.endings[0] == [4539, 13]  # " runs", "."
 
 
 # ----------------------------------------------------------------------------- evaluate()
@@ -390,13 +421,16 @@ def test_offline_error_names_file_and_flag(
         ["-m", "x", "--data", "{data}", "--limit", "0"],
         ["-m", "{tmp}", "--data", "{data}"],  # a folder that is no model
         ["-m", "{tmp}/no/such/dir", "--data", "{data}"],
+        ["-m", "no-such-org/no-such-model", "--data", "{data}"],  # offline hub
+        ["-m", "x", "--data", "{data}", "--device", "warp-drive"],
     ],
 )
 def test_cli_bad_input(args: list[str], tmp_path: Path) -> None:
     data = _write_jsonl(tmp_path / "d.jsonl", _fake_examples(2))
     argv = [a.format(data=data, tmp=tmp_path) for a in args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     r = subprocess.run(
-        [sys.executable, "hellaswag.py", *argv], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "hellaswag.py", *argv], cwd=ROOT, capture_output=True, text=True, env=env
     )
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -3,6 +3,8 @@ interruption gives the same bytes, custom and 32-bit tokenisers, refusals, the c
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import random
@@ -12,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,7 +22,8 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from gpt.prepare import prepare_dataset
+from gpt.cli import run
+from gpt.prepare import CHUNK_DOCS, prepare_dataset
 from gpt.shards import (
     MANIFEST,
     TOKENISER_FILE,
@@ -109,9 +113,15 @@ def test_every_document_whole_and_in_order(
 ) -> None:
     shard_size, val_tokens = 2000, 5000
     manifest = prepare_dataset(
-        DOCS, tmp_path, "gpt2", shard_size=shard_size, val_tokens=val_tokens, workers=workers,
-        source="test", progress=False,
-    )  # fmt: skip
+        DOCS,
+        tmp_path,
+        "gpt2",
+        shard_size=shard_size,
+        val_tokens=val_tokens,
+        workers=workers,
+        source="test",
+        progress=False,
+    )
     want = expected_docs(reference, DOCS)
     manifest_read, got = read_back(tmp_path)
     assert manifest_read == manifest
@@ -148,23 +158,59 @@ def test_workers_do_not_change_the_bytes(tmp_path: Path, gpt2_bpe_dir: Path) -> 
 def test_val_split_defaults_to_one_shard_and_can_be_off(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
     default = prepare_dataset(DOCS, tmp_path / "a", "gpt2", shard_size=3000, progress=False)
     assert [s["split"] for s in default["shards"][:2]] == ["val", "train"]
-    none = prepare_dataset(DOCS, tmp_path / "b", "gpt2", shard_size=3000, val_tokens=0,
-                           progress=False)  # fmt: skip
+    none = prepare_dataset(
+        DOCS, tmp_path / "b", "gpt2", shard_size=3000, val_tokens=0, progress=False
+    )
     assert {s["split"] for s in none["shards"]} == {"train"}
     assert [s["tokens"] for s in none["shards"]] == [s["tokens"] for s in default["shards"]]
 
 
 def test_max_docs_and_max_tokens(tmp_path: Path, reference: tiktoken.Encoding) -> None:
     want = expected_docs(reference, DOCS)
-    m = prepare_dataset(DOCS, tmp_path / "d", "gpt2", shard_size=2000, max_docs=10,
-                        progress=False)  # fmt: skip
+    m = prepare_dataset(DOCS, tmp_path / "d", "gpt2", shard_size=2000, max_docs=10, progress=False)
     assert m["docs"] == 10 and [d.tolist() for d in read_back(tmp_path / "d")[1]] == want[:10]
     budget = 3333
-    m = prepare_dataset(DOCS, tmp_path / "t", "gpt2", shard_size=1000, max_tokens=budget,
-                        workers=2, progress=False)  # fmt: skip
+    m = prepare_dataset(
+        DOCS, tmp_path / "t", "gpt2", shard_size=1000, max_tokens=budget, workers=2, progress=False
+    )
     n = int(np.searchsorted(np.cumsum([len(d) for d in want]), budget)) + 1
     assert m["docs"] == n and m["tokens"] >= budget > m["tokens"] - len(want[n - 1])
     assert [d.tolist() for d in read_back(tmp_path / "t")[1]] == want[:n]
+
+
+def test_reads_a_bounded_number_of_documents_ahead(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
+    """Memory stays bounded: only a few chunks are in flight, however long the source."""
+    pulled = 0
+
+    def long_source() -> Iterator[str]:
+        nonlocal pulled
+        for i in range(200_000):
+            pulled += 1
+            yield f"document {i} " * 10
+
+    m = prepare_dataset(
+        long_source(),
+        tmp_path,
+        "gpt2",
+        shard_size=5000,
+        max_tokens=40_000,
+        workers=2,
+        progress=False,
+    )
+    assert m["tokens"] >= 40_000
+    assert pulled <= m["docs"] + 2 * 2 * CHUNK_DOCS + 1
+
+
+def test_resume_after_the_token_budget_was_reached(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
+    """Killed between the last shard and the final manifest: the rerun only finishes."""
+    kwargs = {"shard_size": 1000, "max_tokens": 3000, "progress": False}
+    full = prepare_dataset(DOCS, tmp_path / "full", "gpt2", **kwargs)
+    out = tmp_path / "out"
+    prepare_dataset(DOCS, out, "gpt2", **kwargs)
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
+    assert prepare_dataset(DOCS, out, "gpt2", **kwargs) == full
+    assert files_of(out) == files_of(tmp_path / "full")
 
 
 def crashing(docs: list[str], after: int) -> Iterator[str]:
@@ -204,11 +250,11 @@ def test_interrupted_run_resumes_to_identical_bytes(
 def test_killed_command_resumes_to_identical_bytes(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
     """SIGKILL `fineweb.py` once it has written a few shards, run it again: same files."""
     source = tmp_path / "docs.jsonl"
-    docs = make_documents(1500, seed=1)
+    docs = make_documents(800, seed=1)
     source.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     out = tmp_path / "killed"
     cmd = [sys.executable, "fineweb.py", "--source", str(source), "--out", str(out)]
-    cmd += ["--shard-size", "2000", "--workers", "1", "--quiet"]
+    cmd += ["--shard-size", "4000", "--workers", "1", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -223,8 +269,15 @@ def test_killed_command_resumes_to_identical_bytes(tmp_path: Path, gpt2_bpe_dir:
     killed = read_manifest(out, allow_incomplete=True)
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    prepare_dataset(docs, tmp_path / "full", "gpt2", shard_size=2000, workers=2,
-                    source=str(source.resolve()), progress=False)  # fmt: skip
+    prepare_dataset(
+        docs,
+        tmp_path / "full",
+        "gpt2",
+        shard_size=4000,
+        workers=2,
+        source=str(source.resolve()),
+        progress=False,
+    )
     assert files_of(out) == files_of(tmp_path / "full")
     assert len(killed["shards"]) < len(read_manifest(out)["shards"])
 
@@ -234,8 +287,7 @@ def test_rerun_with_other_tokeniser_source_or_settings_is_refused(
 ) -> None:
     prepare_dataset(DOCS[:20], tmp_path, "gpt2", shard_size=1000, source="a", progress=False)
     inode = (tmp_path / MANIFEST).stat().st_ino
-    again = prepare_dataset(iter(()), tmp_path, "gpt2", shard_size=1000, source="a",
-                            progress=False)  # fmt: skip
+    again = prepare_dataset(iter(()), tmp_path, "gpt2", shard_size=1000, source="a", progress=False)
     assert again == read_manifest(tmp_path) and (tmp_path / MANIFEST).stat().st_ino == inode
     tkn = tmp_path.parent / "small.tkn"
     GPTTokeniser.train(DOCS, 300).save(tkn)
@@ -269,8 +321,8 @@ def test_custom_tokeniser_is_copied_and_rebuilt_in_workers(tmp_path: Path) -> No
 def test_vocabulary_over_65536_is_stored_as_uint32(tmp_path: Path) -> None:
     merges = [(a, b) for a in range(256) for b in range(256)]  # every byte pair: 65,793 ids
     tkn = tmp_path / "wide.tkn"
-    GPTTokeniser.from_merges(merges).save(tkn)
-    tok = GPTTokeniser(tkn)
+    tok = GPTTokeniser.from_merges(merges)
+    tok.save(tkn)
     assert tok.n_vocab > 2**16
     out = tmp_path / "data"
     manifest = prepare_dataset(DOCS[:30], out, str(tkn), shard_size=5000, progress=False)
@@ -278,6 +330,15 @@ def test_vocabulary_over_65536_is_stored_as_uint32(tmp_path: Path) -> None:
     tokens = load_shard(out / manifest["shards"][0]["file"])
     assert tokens.dtype == np.uint32 and tokens.max() == tok.eot_token > 2**16
     assert [d.tolist() for d in read_back(out)[1]] == expected_docs(tok, DOCS[:30])
+
+
+def fineweb_script() -> ModuleType:
+    """fineweb.py loaded as a module (it is a script beside the package, not in it)."""
+    spec = importlib.util.spec_from_file_location("fineweb", ROOT / "fineweb.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def fineweb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -303,23 +364,45 @@ def test_fineweb_command(tmp_path: Path, reference: tiktoken.Encoding) -> None:
     assert read_manifest(out)["source"] == str(folder.resolve())
 
 
+def test_counts_on_the_command_line() -> None:
+    count = fineweb_script().count
+    assert [count(t) for t in ("5000", "100M", "2.5K", "1e8", "1B")] == [
+        5000,
+        100_000_000,
+        2500,
+        100_000_000,
+        1_000_000_000,
+    ]
+    for bad in ("1.5", "-3", "x", "1e400", "10Q"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            count(bad)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--workers", "0"], "--workers must be >= 1"),
         (["--shard-size", "12X"], "not a count"),
+        (["--shard-size", "0", "--source", "python-docs"], "shard_size must be >= 1"),
         (["--source", "/no/such/folder"], "neither fineweb-edu, python-docs nor an existing"),
         (["--name", "sample-1BT"], "fineweb-edu has sample-10BT"),
-        (["--max-docs", "3"], "could not read dataset HuggingFaceFW/fineweb-edu (sample-10BT)"),
         (["--tokeniser", "nope.tkn", "--source", "python-docs"], "nope.tkn"),
         (["--bogus"], "unrecognized arguments"),
     ],
 )
 def test_fineweb_bad_input_is_one_line(
-    tmp_path: Path, gpt2_bpe_dir: Path, args: list[str], message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    result = fineweb(*args, "--out", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        run(fineweb_script().main, [*args, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_fineweb_offline_hub_is_one_line_in_a_subprocess(tmp_path: Path) -> None:
+    result = fineweb("--max-docs", "3", "--out", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: could not read")
+    assert "HuggingFaceFW/fineweb-edu (sample-10BT)" in result.stderr
+    assert not (tmp_path / "out").exists()

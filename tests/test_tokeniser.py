@@ -81,9 +81,10 @@ def tok(train_docs: list[str]) -> GPTTokeniser:
 
 @pytest.fixture(scope="module")
 def gpt2(gpt2_bpe_dir: Path) -> object:
-    """GPT-2 from the shared files (conftest points GPT2_BPE_DIR at them)."""
-    assert os.environ["GPT2_BPE_DIR"] == str(gpt2_bpe_dir)
-    return get_tokeniser("gpt2")
+    """GPT-2 from the shared files."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT2_BPE_DIR", str(gpt2_bpe_dir))
+        return get_tokeniser("gpt2")
 
 
 # GPT-2 ---------------------------------------------------------------------------------------
@@ -159,6 +160,21 @@ def test_gpt2_offline_without_files_fails_with_one_clear_line(tmp_path: Path):
     for needed in ("encoder.json", "vocab.bpe", "--gpt2-bpe-dir", "GPT2_BPE_DIR"):
         assert needed in message
     assert "TIKTOKEN_CACHE_DIR" in message
+
+
+def test_gpt2_unreachable_host_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Without a proxy, an unreachable host is reported before tiktoken's untimed download."""
+    import gpt.tokeniser as module
+
+    def unreachable(address: tuple[str, int], timeout: float) -> None:
+        raise OSError("network is unreachable")
+
+    for var in ("GPT2_BPE_DIR", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(module.socket, "create_connection", unreachable)
+    with pytest.raises(TokeniserError, match="unreachable.*encoder.json and vocab.bpe"):
+        get_tokeniser("gpt2")
 
 
 def test_gpt2_from_tiktokens_cache_equals_gpt2_from_folder(gpt2, gpt2_bpe_dir: Path, tmp_path):
@@ -320,9 +336,17 @@ def test_pattern_that_engines_split_differently_is_refused():
         GPTTokeniser.train(["a"], 300, pattern="(")
 
 
-def test_vocab_size_too_small():
+def test_bad_training_settings_and_merges():
     with pytest.raises(TokeniserError, match="below 256"):
         GPTTokeniser.train(["a"], 256)
+    with pytest.raises(TokeniserError, match="must include"):
+        GPTTokeniser.train(["a"], 300, special_tokens=["<|pad|>"])
+    with pytest.raises(TokeniserError, match="no repeats"):
+        GPTTokeniser.train(["a"], 300, special_tokens=[ENDOFTEXT, ENDOFTEXT])
+    with pytest.raises(TokeniserError, match="names a later id"):
+        GPTTokeniser.from_merges([(97, 256)])
+    with pytest.raises(TokeniserError, match="repeated tokens"):
+        GPTTokeniser.from_merges([(97, 98), (97, 98)])
 
 
 # Our BPE: the interface ----------------------------------------------------------------------
@@ -346,8 +370,9 @@ def test_round_trip_hard_strings(tok, text: str):
 
 @settings(max_examples=300, deadline=None)
 @given(st.text())
-def test_round_trip_any_text(tok, text: str):
+def test_round_trip_any_text(tok, gpt2, text: str):
     assert tok.decode(tok.encode_ordinary(text)) == text
+    assert gpt2.decode(gpt2.encode_ordinary(text)) == text
 
 
 @settings(max_examples=100, deadline=None)

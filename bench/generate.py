@@ -1,0 +1,185 @@
+"""Benchmark: generation tokens/s of GPT.generate against transformers' generate, same weights.
+
+    python bench/generate.py                      # 6 layers, 384 wide, 50,257 tokens, CPU
+    python bench/generate.py --batches 1 --new-tokens 64 --recompute-tokens 0
+
+A random 6-layer, 384-wide GPT-2 with GPT-2's vocabulary, float32, greedy decoding of
+--new-tokens tokens after a --prompt-len prompt (transformers forced to the same length with
+min_new_tokens). Runs alternate (ours, theirs) so that both meet the same machine load; the
+median round is reported, and the greedy tokens are checked to be identical.
+
+At batch 1 decoding reads every weight once per token, so memory bandwidth bounds it: the
+table gives tokens/s as a fraction of bandwidth / weight bytes, the bandwidth measured in the
+same run (sum of a 512 MB tensor). Last, ours with the KV cache against recomputing the whole
+context every step (the seed's and nanoGPT's way: all positions through the blocks, the lm_head
+on the last one only) over --recompute-tokens new tokens.
+Targets (issue 2): >= 2x transformers at batch 1 and 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the package, not bench/ siblings
+
+import torch  # noqa: E402
+
+from bench._common import machine, median, read_bandwidth, table, timed  # noqa: E402
+from gpt.cli import UsageError, run  # noqa: E402
+from gpt.config import GPTConfig  # noqa: E402
+from gpt.hf import state_to_hf  # noqa: E402
+from gpt.model import GPT  # noqa: E402
+
+
+def build(config: GPTConfig, seed: int = 0) -> tuple[GPT, torch.nn.Module]:
+    """Our model and transformers' GPT2LMHeadModel (SDPA attention) with the same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    ours = GPT(config).eval()
+    hf_config = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        attn_implementation="sdpa",
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    theirs = GPT2LMHeadModel(hf_config).eval()
+    assert theirs.config._attn_implementation == "sdpa"
+    missing, unexpected = theirs.load_state_dict(state_to_hf(ours), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    return ours, theirs
+
+
+def hf_generate(model: torch.nn.Module, idx: torch.Tensor, new: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(
+            idx,
+            attention_mask=torch.ones_like(idx),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+        )
+
+
+@torch.inference_mode()
+def recompute_generate(model: GPT, idx: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy decoding without a cache: the whole (cropped) context through the blocks every
+    step, the lm_head on the last position only (nanoGPT's inference path)."""
+    tr = model.transformer
+    for _ in range(new):
+        ctx = idx[:, -model.config.block_size :]
+        x = tr.wte(ctx) + tr.wpe(torch.arange(ctx.size(1)))
+        for block in tr.h:
+            x = block(x)
+        logits = model.lm_head(tr.ln_f(x[:, -1]))[:, : model.config.vocab_size]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes read per decoding step: every weight once, the position table excepted (one row)."""
+    n = model.num_params() - model.transformer.wpe.weight.numel()
+    return n * model.transformer.wte.weight.element_size()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--n-layer", type=int, default=6)
+    p.add_argument("--n-embd", type=int, default=384)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--vocab-size", type=int, default=50257)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per batch")
+    p.add_argument("--recompute-tokens", type=int, default=512, help="0 skips that comparison")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--batches must be integers separated by commas: {args.batches}"
+        ) from None
+    if min(batches) < 1 or args.rounds < 1 or args.new_tokens < 1 or args.prompt_len < 1:
+        raise UsageError("batch sizes, --rounds, --new-tokens and --prompt-len must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = GPTConfig(
+        block_size=1024,
+        vocab_size=args.vocab_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+    )
+    ours, theirs = build(config)
+    print(f"machine: {machine()}")
+    print(
+        f"model: {args.n_layer} layers, {args.n_embd} wide, vocab {args.vocab_size}, "
+        f"{ours.num_params():,} parameters, float32; greedy, prompt {args.prompt_len}, "
+        f"{args.new_tokens} new tokens, median of {args.rounds} alternating rounds"
+    )
+    bandwidth = read_bandwidth()
+    bound = bandwidth / weight_bytes(ours)
+    print(
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {weight_bytes(ours) / 1e6:.0f} MB of "
+        f"weights per token -> batch-1 bound {bound:.0f} tokens/s"
+    )
+    rows = []
+    for B in batches:
+        idx = torch.randint(0, args.vocab_size, (B, args.prompt_len))
+        ours.generate(idx, 4, temperature=0)  # warm-up: decoding layout, allocator, threads
+        hf_generate(theirs, idx, 4)
+        same = torch.equal(ours.generate(idx, 16, temperature=0), hf_generate(theirs, idx, 16))
+        t_ours, t_theirs = [], []
+        for _ in range(args.rounds):
+            t_ours.append(timed(ours.generate, idx, args.new_tokens, temperature=0))
+            t_theirs.append(timed(hf_generate, theirs, idx, args.new_tokens))
+        ours_tps = B * args.new_tokens / median(t_ours)
+        theirs_tps = B * args.new_tokens / median(t_theirs)
+        fraction = f"{ours_tps / bound:.0%} / {theirs_tps / bound:.0%}" if B == 1 else "-"
+        rows.append(
+            [
+                f"generate, batch {B}",
+                f"{ours_tps:.1f}",
+                f"{theirs_tps:.1f}",
+                f"{ours_tps / theirs_tps:.2f}x",
+                fraction,
+                "yes" if same else "NO",
+            ]
+        )
+    if args.recompute_tokens:
+        idx = torch.randint(0, args.vocab_size, (1, args.prompt_len))
+        n = args.recompute_tokens
+        t_cache = timed(ours.generate, idx, n, temperature=0)
+        t_full = timed(recompute_generate, ours, idx, n)
+        same = torch.equal(ours.generate(idx, 32, temperature=0), recompute_generate(ours, idx, 32))
+        rows.append(
+            [
+                f"KV cache vs recompute, batch 1, {n} new",
+                f"{n / t_cache:.1f}",
+                f"{n / t_full:.1f}",
+                f"{t_full / t_cache:.2f}x",
+                "-",
+                "yes" if same else "NO",
+            ]
+        )
+    headers = ["case", "ours tok/s", "peer tok/s", "ratio", "of bound (ours/peer)", "same tokens"]
+    print(table(headers, rows))
+    print("peer: transformers GPT2LMHeadModel.generate (sdpa); last row: recompute, no cache")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

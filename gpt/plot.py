@@ -1,0 +1,411 @@
+"""Curves of training runs against reference runs and the OpenAI baselines, as PNG files.
+
+    python -m gpt.plot runs/124M                       # -> runs/124M/plots/{loss,hellaswag}.png
+    python -m gpt.plot runs/a runs/b --out plots \\
+        --reference ../shared/data/reference/gpt-alpha/train_log_10B.txt
+
+A run is a run directory (its metrics.jsonl, else its log.txt) or a log file. Two formats:
+    metrics.jsonl   one JSON object per event: {"step", "tokens", "kind", "value", ...}
+    log.txt         the seed's text log, one event per line: `STEP (TOKENS) KIND VALUE`,
+                    e.g. `100 (52953088) val 6.6388`
+Kinds: train (loss at every step), val (validation loss), hella or hellaswag (HellaSwag acc_norm),
+ckpt (a checkpoint was saved; value = its val loss), others are ignored. After a resume, events
+of a step that was already logged replace the earlier ones.
+
+loss.png: training loss (faint: raw; solid: moving average) and validation loss (dots) against
+tokens, with GPT-2 124M's validation loss on fineweb-edu (3.2924) as a horizontal line.
+hellaswag.png: HellaSwag acc_norm against tokens, with GPT-2 124M (0.2955), GPT-3 125M (0.337)
+and chance (0.25). The original GPT-alpha 124M run passes GPT-2 124M after about 5B tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpt.cli import UsageError, run
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+GPT2_124M_VAL_LOSS = 3.2924  # OpenAI GPT-2 124M on the fineweb-edu validation split
+GPT2_124M_HELLASWAG = 0.2955
+GPT3_125M_HELLASWAG = 0.337
+CHANCE_HELLASWAG = 0.25
+KIND_ALIASES = {"hellaswag": "hella"}
+PLOTTED_KINDS = ("train", "val", "hella", "ckpt")
+RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+REFERENCE_COLOURS = ("#7f7f7f", "#a6761d", "#e377c2", "#393b79")
+
+
+@dataclass
+class Run:
+    """The events of one run: per kind, tokens and values in step order."""
+
+    name: str
+    source: Path
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def get(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.zeros(0)
+        return self.series.get(kind, (empty, empty))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def parse_log_line(line: str) -> tuple[int, int, str, str]:
+    """`STEP (TOKENS) KIND VALUE` -> (step, tokens, kind, value).
+
+    >>> parse_log_line(" 100 (52953088) val 6.6388")
+    (100, 52953088, 'val', '6.6388')
+    """
+    parts = line.split(maxsplit=3)
+    if len(parts) != 4 or not (parts[1].startswith("(") and parts[1].endswith(")")):
+        raise ValueError("expected `STEP (TOKENS) KIND VALUE`")
+    return int(parts[0]), int(parts[1][1:-1]), parts[2], parts[3].strip()
+
+
+def _events_from_text(path: Path) -> Iterable[tuple[int, int, str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield parse_log_line(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}: {line.strip()[:80]!r}") from None
+
+
+def _events_from_jsonl(path: Path) -> Iterable[tuple[int, int, str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line)
+                yield int(ev["step"]), int(ev["tokens"]), str(ev["kind"]), ev["value"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object with step, tokens, kind, value"
+                ) from None
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def build_series(
+    events: Iterable[tuple[int, int, str, Any]],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Group events by kind; an event at a step already logged for its kind (a resumed run)
+    replaces that step and everything after it. Non-numeric values (samples) are skipped."""
+    by_kind: dict[str, list[tuple[int, int, float]]] = {}
+    for step, tokens, kind, value in events:
+        kind = KIND_ALIASES.get(kind, kind)
+        x = _as_float(value)
+        if kind not in PLOTTED_KINDS or x is None:
+            continue
+        rows = by_kind.setdefault(kind, [])
+        while rows and rows[-1][0] >= step:
+            rows.pop()
+        rows.append((step, tokens, x))
+    return {
+        k: (np.array([r[1] for r in rows], np.float64), np.array([r[2] for r in rows]))
+        for k, rows in by_kind.items()
+    }
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    """A run directory (metrics.jsonl, else log.txt), a .jsonl file or a text log."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "metrics.jsonl", path / "log.txt"):
+            if candidate.is_file():
+                run_ = load_run(candidate, name or path.name)
+                return Run(run_.name, path, run_.series)
+        raise FileNotFoundError(f"{path}: no metrics.jsonl or log.txt in this run directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such run directory or log file: {path}")
+    reader = _events_from_jsonl if path.suffix == ".jsonl" else _events_from_text
+    series = build_series(reader(path))
+    if not series:
+        raise ValueError(f"{path}: no train, val or HellaSwag events")
+    return Run(name or path.stem, path, series)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred mean over `window` points (fewer at the ends), so the curve does not lag.
+
+    >>> moving_average(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), 3).tolist()
+    [1.5, 2.0, 3.0, 4.0, 4.5]
+    """
+    c = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    idx = np.arange(len(values))
+    lo = np.maximum(idx - window // 2, 0)
+    hi = np.minimum(idx + (window - 1) // 2 + 1, len(values))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def default_window(n: int) -> int:
+    """Smoothing window for n training-loss points: about 2% of the run, 1 to 500 points."""
+    return int(min(500, max(1, n // 50)))
+
+
+def summary(run_: Run) -> dict[str, float | int | None]:
+    """Best val loss and best HellaSwag (with the tokens where they happened), final tokens."""
+    out: dict[str, float | int | None] = {"tokens": None}
+    ends = [t[-1] for t, _ in run_.series.values() if len(t)]
+    out["tokens"] = int(max(ends)) if ends else None
+    for kind, key, best in (
+        ("val", "min_val_loss", np.argmin),
+        ("hella", "max_hellaswag", np.argmax),
+    ):
+        tokens, values = run_.get(kind)
+        i = int(best(values)) if len(values) else None
+        out[key] = None if i is None else float(values[i])
+        out[f"{key}_tokens"] = None if i is None else int(tokens[i])
+    return out
+
+
+def describe(run_: Run) -> str:
+    """One line: tokens trained, best val loss and best HellaSwag with where they happened."""
+    s = summary(run_)
+    parts = [f"{run_.name}: {format_tokens(s['tokens'] or 0)} tokens"]
+    if s["min_val_loss"] is not None:
+        parts.append(
+            f"best val loss {s['min_val_loss']:.4f} at {format_tokens(s['min_val_loss_tokens'])}"
+        )
+    if s["max_hellaswag"] is not None:
+        parts.append(
+            f"best HellaSwag {s['max_hellaswag']:.4f} at {format_tokens(s['max_hellaswag_tokens'])}"
+        )
+    return ", ".join(parts)
+
+
+def format_tokens(x: float, _pos: int | None = None) -> str:
+    """Axis tick label: 0, 500K, 250M, 2.5B.
+
+    >>> [format_tokens(v) for v in (0, 5e5, 2.5e8, 2.5e9, 1e10)]
+    ['0', '500K', '250M', '2.5B', '10B']
+    """
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _new_axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(11, 5.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=13)
+    ax.set_xlabel("tokens trained")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_formatter(FuncFormatter(format_tokens))
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _styles(runs: Sequence[Run], references: Sequence[Run]) -> list[tuple[Run, str, str]]:
+    """(run, colour, label) for references (muted colours, labelled) then runs."""
+    out = [(r, REFERENCE_COLOURS[i % 4], f"{r.name} (reference)") for i, r in enumerate(references)]
+    return out + [(r, RUN_COLOURS[i % len(RUN_COLOURS)], r.name) for i, r in enumerate(runs)]
+
+
+def _x_extent(runs: Sequence[Run], references: Sequence[Run]) -> float:
+    """The tokens the x axis spans: the longest run's (references are cut to it), else the
+    longest reference's."""
+    ends = [float(t[-1]) for r in (runs or references) for t, _ in r.series.values() if len(t)]
+    return max(ends, default=1.0)
+
+
+def _clip(tokens: np.ndarray, values: np.ndarray, xmax: float) -> tuple[np.ndarray, np.ndarray]:
+    keep = tokens <= xmax
+    return tokens[keep], values[keep]
+
+
+def _marker(n: int) -> str:
+    """Dots on sparse curves only: hundreds of them would hide the line."""
+    return "o" if n <= 60 else ""
+
+
+def _loss_ylim(curves: Sequence[tuple[np.ndarray, np.ndarray]], xmax: float) -> tuple[float, float]:
+    """Leave out the first steps' loss (~11): the top is the highest loss after the first 5% of
+    the axis, the bottom the lowest loss; the GPT-2 line always shows."""
+    tops, bottoms = [GPT2_124M_VAL_LOSS], [GPT2_124M_VAL_LOSS]
+    for tokens, values in curves:
+        later = values[tokens >= 0.05 * xmax]
+        if len(later):
+            tops.append(float(later.max()))
+        if len(values):
+            bottoms.append(float(values.min()))
+    lo, hi = min(bottoms), max(tops)
+    pad = 0.05 * (hi - lo) + 0.02
+    return lo - pad, hi + pad
+
+
+def loss_figure(
+    runs: Sequence[Run], references: Sequence[Run] = (), window: int | None = None
+) -> Figure:
+    """Training loss (raw, faint; moving average, solid), val loss (dashed), the last checkpoint
+    (triangle) and the GPT-2 124M baseline."""
+    fig, ax = _new_axes("Loss against tokens trained", "cross-entropy loss (nats/token)")
+    xmax = _x_extent(runs, references)
+    limits: list[tuple[np.ndarray, np.ndarray]] = []
+    for r, colour, label in _styles(runs, references):
+        tokens, values = _clip(*r.get("train"), xmax)
+        if len(values):
+            smooth = moving_average(values, window or default_window(len(values)))
+            ax.plot(tokens, values, color=colour, alpha=0.18, linewidth=0.6)
+            ax.plot(tokens, smooth, color=colour, linewidth=1.8, label=f"{label}: train (smoothed)")
+            limits.append((tokens, smooth))
+        tokens, values = _clip(*r.get("val"), xmax)
+        if len(values):
+            ax.plot(
+                tokens,
+                values,
+                color=colour,
+                linestyle="--",
+                marker=_marker(len(values)),
+                markersize=3.5,
+                linewidth=1.2,
+                label=f"{label}: val",
+            )
+            limits.append((tokens, values))
+        tokens, values = _clip(*r.get("ckpt"), xmax)
+        if len(values):
+            ax.plot(
+                tokens[-1:],
+                values[-1:],
+                color=colour,
+                marker="v",
+                markersize=9,
+                linestyle="none",
+                label=f"{label}: last checkpoint",
+            )
+    ax.axhline(
+        GPT2_124M_VAL_LOSS,
+        color="black",
+        linestyle=":",
+        linewidth=1.2,
+        label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})",
+    )
+    ax.set_xlim(0, 1.02 * xmax)
+    ax.set_ylim(*_loss_ylim(limits, xmax))
+    ax.legend(loc="upper right", fontsize=9)
+    return fig
+
+
+def hellaswag_figure(runs: Sequence[Run], references: Sequence[Run] = ()) -> Figure:
+    """HellaSwag acc_norm per run, with the GPT-2 124M, GPT-3 125M and chance lines."""
+    fig, ax = _new_axes("HellaSwag accuracy against tokens trained", "HellaSwag acc_norm")
+    xmax = _x_extent(runs, references)
+    for r, colour, label in _styles(runs, references):
+        tokens, values = _clip(*r.get("hella"), xmax)
+        if len(values):
+            ax.plot(
+                tokens,
+                values,
+                color=colour,
+                marker=_marker(len(values)),
+                markersize=3.5,
+                linewidth=1.3,
+                label=label,
+            )
+    for y, style, label in (
+        (GPT3_125M_HELLASWAG, "-.", f"OpenAI GPT-3 125M ({GPT3_125M_HELLASWAG})"),
+        (GPT2_124M_HELLASWAG, "--", f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})"),
+        (CHANCE_HELLASWAG, ":", "chance (0.25)"),
+    ):
+        ax.axhline(y, color="black", linestyle=style, linewidth=1.1, label=label)
+    ax.set_xlim(0, 1.02 * xmax)
+    ax.legend(loc="upper left", fontsize=9)
+    return fig
+
+
+def _unique_names(runs: list[Run], paths: Sequence[Path]) -> None:
+    """Label runs by folder name, or by the path as given when two names clash."""
+    names = [r.name for r in runs]
+    for r, p in zip(runs, paths, strict=True):
+        if names.count(r.name) > 1:
+            r.name = str(p)
+
+
+def plot_runs(
+    run_dirs: Sequence[Path], out_dir: Path, reference: Sequence[Path] = ()
+) -> list[Path]:
+    """Write loss.png (always) and hellaswag.png (when some run has HellaSwag results) into
+    `out_dir`; returns the paths written."""
+    if not run_dirs and not reference:
+        raise ValueError("nothing to plot: give at least one run directory or reference log")
+    runs = [load_run(Path(p)) for p in run_dirs]
+    references = [load_run(Path(p)) for p in reference]
+    _unique_names(runs, run_dirs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {"loss.png": loss_figure(runs, references)}
+    if any(len(r.get("hella")[0]) for r in [*runs, *references]):
+        figures["hellaswag.png"] = hellaswag_figure(runs, references)
+    written = []
+    for name, fig in figures.items():
+        path = out_dir / name
+        tmp = out_dir / f".{name}.tmp.png"
+        fig.savefig(tmp)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m gpt.plot",
+        description="Plot loss and HellaSwag curves of runs against references and baselines.",
+    )
+    p.add_argument("runs", nargs="*", type=Path, help="run directories or log files")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN/plots for a single run)")
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        action="extend",
+        type=Path,
+        default=[],
+        help="reference logs (seed's text format or metrics.jsonl), drawn in muted colours",
+    )
+    args = p.parse_args(argv)
+    if not args.runs and not args.reference:
+        raise UsageError("give at least one run directory (or --reference LOG)")
+    out = args.out
+    if out is None:
+        if len(args.runs) != 1 or not args.runs[0].is_dir():
+            raise UsageError("--out is needed unless a single run directory is given")
+        out = args.runs[0] / "plots"
+    for path in plot_runs(args.runs, out, args.reference):
+        print(path)
+    for r in [load_run(x) for x in [*args.runs, *args.reference]]:
+        print(describe(r))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,197 @@
+"""Checkpoint directories: atomic writes, validated loads, pruning, exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt import checkpoint as ckpt
+from gpt.config import TrainConfig
+from gpt.model import GPT
+from gpt.trainer import configure_optimizer, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def training_state(model: GPT, step: int = 3) -> ckpt.TrainingState:
+    """A state with a real (non-empty) AdamW state after one step."""
+    opt = configure_optimizer(model, TrainConfig(), torch.device("cpu"))
+    model(torch.randint(0, 512, (2, 8)), torch.randint(0, 512, (2, 8)))[1].backward()
+    opt.step()
+    return ckpt.TrainingState(
+        step=step,
+        tokens=step * 128,
+        best_val_loss=4.5,
+        world_size=1,
+        train_config={"batch_size": 4},
+        optimizer=opt.state_dict(),
+        loader=[{"epoch": 0, "position": 384}],
+        rng=[ckpt.capture_rng_state()],
+    )
+
+
+def test_model_dir_round_trip(tiny_config, tmp_path: Path) -> None:
+    model = GPT(tiny_config).eval()
+    ckpt.save_model_dir(model, tmp_path / "m", extra={"note": "x"})
+    loaded, meta = ckpt.load_model_dir(tmp_path / "m")
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 16))
+    torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
+    assert meta["note"] == "x" and ckpt.is_checkpoint(tmp_path / "m")
+
+
+def test_training_state_round_trip(tiny_config, tmp_path: Path) -> None:
+    model = GPT(tiny_config)
+    state = training_state(model)
+    state.rng = [ckpt.capture_rng_state()]
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    path = ckpt.save_checkpoint(
+        tmp_path / "c", ckpt.model_state_for_saving(model), tiny_config, state, None, None
+    )
+    back = ckpt.load_training_state(path)
+    assert (back.step, back.tokens, back.best_val_loss, back.world_size) == (3, 384, 4.5, 1)
+    assert back.loader == state.loader and back.train_config == state.train_config
+    for k, v in state.optimizer["state"].items():
+        for name, t in v.items():
+            torch.testing.assert_close(back.optimizer["state"][k][name], t, rtol=0, atol=0)
+    # the same model directory loader reads a training checkpoint
+    loaded, meta = ckpt.load_model_dir(path)
+    assert meta["training"]["step"] == 3
+    for name, t in ckpt.model_state_for_saving(model).items():
+        assert torch.equal(loaded.state_dict()[name], t)
+    # restoring the RNG states replays the same random numbers
+    ckpt.restore_rng_state(back.rng[0])
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_loading_never_unpickles_objects(tiny_config, tmp_path: Path) -> None:
+    model = GPT(tiny_config)
+    path = ckpt.save_checkpoint(
+        tmp_path / "c",
+        ckpt.model_state_for_saving(model),
+        tiny_config,
+        training_state(model),
+        None,
+        None,
+    )
+    torch.save({"state": {}, "param_groups": [], "x": Evil()}, path / ckpt.OPTIMIZER_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="damaged training state"):
+        ckpt.load_training_state(path)
+
+
+def test_a_failed_save_leaves_the_old_directory(tiny_config, tmp_path: Path) -> None:
+    model = GPT(tiny_config)
+    out = ckpt.save_model_dir(model, tmp_path / "m")
+    before = (out / ckpt.CONFIG_FILE).read_bytes()
+    with pytest.raises(RuntimeError), ckpt.atomic_dir(out) as tmp:
+        (tmp / "partial").write_text("half")
+        raise RuntimeError("disk full")
+    assert (out / ckpt.CONFIG_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folder left
+
+
+def test_prune_keeps_the_newest_and_the_best(tiny_config, tmp_path: Path) -> None:
+    model = GPT(tiny_config)
+    for step in (5, 10, 15, 20):
+        ckpt.save_model_dir(model, ckpt.step_dir(tmp_path, step))
+    ckpt.mark_best(tmp_path, ckpt.step_dir(tmp_path, 5))
+    stray = ckpt.checkpoints_dir(tmp_path) / ".step_0000025.tmpab12"  # a save cut short
+    stray.mkdir()
+    deleted = ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert deleted == [ckpt.step_dir(tmp_path, 10)]
+    assert ckpt.list_checkpoints(tmp_path) == [ckpt.step_dir(tmp_path, s) for s in (5, 15, 20)]
+    assert ckpt.best_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 5)
+    assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 20)
+    assert not stray.exists()
+
+
+def test_resume_refuses_another_batch_geometry(tiny_run_config) -> None:
+    cfg = tiny_run_config(max_steps=5, samples=0)
+    train(cfg)
+    with pytest.raises(ValueError, match="checkpoint has batch_size=4, this run batch_size=2"):
+        train(tiny_run_config(max_steps=8, batch_size=2, resume="latest", samples=0))
+
+
+def train_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--preset=tiny",
+        f"--data={data}",
+        f"--tokeniser={data / 'tokeniser.tkn'}",
+        f"--out={out}",
+        "--max-steps=100",
+        "--save-every=10",
+        "--eval-every=50",
+        "--keep=2",
+        "--samples=1",
+        "--no-export",
+        "--no-plot",
+        *extra,
+    ]
+
+
+def train_losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [e["value"] for e in map(json.loads, lines) if e["kind"] == "train"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tiny_train_data: Path, tmp_path: Path) -> None:
+    """Kill a run with SIGKILL once it wrote a checkpoint, resume it with --resume, and get the
+    same per-step losses (and final weights) as an uninterrupted run, bit for bit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(train_command(tiny_train_data, whole), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        train_command(tiny_train_data, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not any(s > 0 for s in _steps(killed)) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed_at = max(_steps(killed))
+    assert 0 < resumed_at < 100
+
+    out = subprocess.run(
+        train_command(tiny_train_data, killed, "--resume"),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "resumed from" in out.stdout
+    assert train_losses(killed) == train_losses(whole)  # exact float equality
+    assert len(train_losses(whole)) == 100
+    a = load_file(str(ckpt.step_dir(whole, 100) / ckpt.WEIGHTS_FILE))
+    b = load_file(str(ckpt.step_dir(killed, 100) / ckpt.WEIGHTS_FILE))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the text log has each step once, as if the run had never stopped
+    assert (killed / "log.txt").read_text() == (whole / "log.txt").read_text()
+
+
+def _steps(run: Path) -> list[int]:
+    return [ckpt.load_training_state(p).step for p in ckpt.list_checkpoints(run)]

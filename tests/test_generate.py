@@ -1,0 +1,190 @@
+"""KV-cache generation: equal to full recomputation and to transformers' greedy generate;
+eos stopping, context cropping, top-k / top-p support, seeded reproducibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt.config import GPTConfig
+from gpt.hf import state_to_hf
+from gpt.model import GPT, sample_next
+
+CONFIG = GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32,
+                   pad_vocab_multiple=64)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    m = GPT(CONFIG).eval()
+    with torch.no_grad():  # larger weights than GPT-2's init: peaked predictions that depend
+        for p in m.parameters():  # on position (so that a wrong crop shows) and do not repeat
+            p.mul_(10.0 if p.dim() == 2 else 1.0)
+        m.transformer.wpe.weight.mul_(10.0)
+    return m
+
+
+def greedy_by_recomputation(model: GPT, idx: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy decoding that recomputes the whole context every step, cropped as generate does:
+    when the context outgrows block_size, keep its last 3/4 * block_size tokens."""
+    S = model.config.block_size
+    keep = S - S // 4
+    seq, start = idx.clone(), max(0, idx.size(1) - S)
+    with torch.no_grad():
+        for _ in range(new):
+            if seq.size(1) - start > S:
+                start = seq.size(1) - keep
+            logits, _ = model(seq[:, start:])
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+@pytest.mark.parametrize(("prompt_len", "new"), [(1, 12), (5, 27), (10, 70), (45, 30)])
+def test_greedy_with_cache_equals_full_recomputation(model: GPT, prompt_len: int, new: int) -> None:
+    """Including contexts that outgrow block_size (32): prompt + new > 32, prompt > 32."""
+    idx = torch.randint(
+        0, CONFIG.vocab_size, (3, prompt_len), generator=torch.Generator().manual_seed(1)
+    )
+    out = model.generate(idx, new, temperature=0)
+    assert out.shape == (3, prompt_len + new)
+    assert torch.equal(out, greedy_by_recomputation(model, idx, new))
+
+
+def test_greedy_equals_transformers_generate(model: GPT) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_config = GPT2Config(
+        vocab_size=CONFIG.vocab_size,
+        n_positions=CONFIG.block_size,
+        n_embd=CONFIG.n_embd,
+        n_layer=CONFIG.n_layer,
+        n_head=CONFIG.n_head,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    hf = GPT2LMHeadModel(hf_config).eval()
+    missing, unexpected = hf.load_state_dict(state_to_hf(model), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 6), generator=torch.Generator().manual_seed(2))
+    new = CONFIG.block_size - 6  # transformers cannot go past n_positions
+    expected = hf.generate(
+        idx,
+        attention_mask=torch.ones_like(idx),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+    )
+    assert torch.equal(model.generate(idx, new, temperature=0), expected)
+
+
+def first_index(row: list[int], token: int) -> int:
+    return row.index(token) if token in row else len(row)
+
+
+def test_each_sequence_stops_at_eos(model: GPT) -> None:
+    idx = torch.randint(0, CONFIG.vocab_size, (3, 4), generator=torch.Generator().manual_seed(3))
+    free = model.generate(idx, 20, generator=torch.Generator().manual_seed(0))
+    rows = free[:, 4:].tolist()
+    eos = next(t for t in rows[0] if len({first_index(r, t) for r in rows}) == 3)
+    first = [first_index(r, eos) for r in rows]  # rows finish at three different steps
+    end = min(20, max(first) + 1)  # generation stops once every row has finished
+    assert any(rows[r][first[r] + 1 : end] != [eos] * (end - first[r] - 1) for r in range(3))
+    out = model.generate(idx, 20, eos_token=eos, generator=torch.Generator().manual_seed(0))
+    assert out.size(1) == 4 + end
+    for r in range(3):
+        stop = 4 + first[r]
+        assert torch.equal(out[r, : stop + 1], free[r, : stop + 1])  # the same up to eos
+        assert torch.all(out[r, stop:] == eos)  # then eos padding
+
+
+def test_generation_stops_early_when_all_rows_finish(model: GPT) -> None:
+    idx = torch.randint(0, CONFIG.vocab_size, (1, 4), generator=torch.Generator().manual_seed(4))
+    free = model.generate(idx, 10, temperature=0)
+    out = model.generate(idx, 10, temperature=0, eos_token=int(free[0, 4]))
+    assert torch.equal(out, free[:, :5])
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model: GPT) -> None:
+    idx = torch.randint(0, CONFIG.vocab_size, (4, 3), generator=torch.Generator().manual_seed(5))
+    greedy = model.generate(idx, 40, temperature=0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.generate(idx, 40, temperature=1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(model.generate(idx, 40, temperature=1.5, top_p=1e-6, generator=g), greedy)
+
+
+def test_top_k_restricts_the_support() -> None:
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(6)).repeat(4000, 1)
+    allowed = set(logits[0].topk(5).indices.tolist())
+    picks = sample_next(logits, 1.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    assert set(picks.tolist()) == allowed
+
+
+def test_top_p_restricts_and_renormalises() -> None:
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    logits = probs.log().repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    picks = sample_next(logits, 1.0, top_p=0.75, generator=g)  # 0.5 + 0.3 reach 0.75
+    counts = torch.bincount(picks, minlength=4).float() / len(picks)
+    assert counts[0] == 0 and counts[2] == 0
+    assert counts[1].item() == pytest.approx(0.5 / 0.8, abs=0.02)
+    picks = sample_next(logits, 1.0, top_p=0.85, generator=g)  # needs the third, 0.15
+    assert set(picks.tolist()) == {1, 2, 3}
+    picks = sample_next(logits, 1.0, top_k=2, top_p=0.5, generator=g)  # top_k first, then p
+    assert set(picks.tolist()) == {1}
+
+
+def test_seeded_sampling_is_reproducible(model: GPT) -> None:
+    idx = torch.zeros(4, 2, dtype=torch.long)  # several samples of one prompt: repeated rows
+    a = model.generate(idx, 30, top_k=20, generator=torch.Generator().manual_seed(7))
+    b = model.generate(idx, 30, top_k=20, generator=torch.Generator().manual_seed(7))
+    c = model.generate(idx, 30, top_k=20, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert len({tuple(row) for row in a.tolist()}) > 1  # the samples differ from each other
+
+
+def test_stream_yields_the_generated_columns(model: GPT) -> None:
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 3), generator=torch.Generator().manual_seed(9))
+    out = model.generate(idx, 40, temperature=0)
+    columns = list(model.generate_stream(idx, 40, temperature=0))
+    assert torch.equal(torch.stack(columns, dim=1), out[:, 3:])
+
+
+def test_weight_changes_invalidate_the_decoding_layout() -> None:
+    torch.manual_seed(10)
+    model = GPT(CONFIG).eval()
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 4))
+    model.generate(idx, 5, temperature=0)  # builds the decoding copies
+    with torch.no_grad():  # in-place updates, as an optimizer step does
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert torch.equal(
+        model.generate(idx, 20, temperature=0), greedy_by_recomputation(model, idx, 20)
+    )
+    other = GPT(CONFIG).eval()
+    model.load_state_dict(other.state_dict())
+    assert torch.equal(
+        model.generate(idx, 20, temperature=0), greedy_by_recomputation(other, idx, 20)
+    )
+
+
+def test_zero_new_tokens_returns_the_prompt(model: GPT) -> None:
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 4))
+    assert torch.equal(model.generate(idx, 0), idx)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_new_tokens": -1}],
+)
+def test_bad_sampling_settings_are_refused(model: GPT, kwargs: dict) -> None:
+    args = {"max_new_tokens": 5, **kwargs}
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        model.generate(torch.zeros(1, 1, dtype=torch.long), **args)
+
+
+def test_empty_prompt_is_refused(model: GPT) -> None:
+    with pytest.raises(ValueError, match="tokens >= 1"):
+        model.generate(torch.zeros(2, 0, dtype=torch.long), 5)

@@ -1,0 +1,128 @@
+"""inference.py: sampling from our checkpoints and from Hugging Face exports, streaming, seeds,
+and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt.checkpoint import save_model_dir
+from gpt.cli import run
+from gpt.config import GPTConfig
+from gpt.model import GPT
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import inference  # noqa: E402  (the entry point lives at the project root)
+
+GPT2_VOCAB = GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=2, n_embd=32,
+                       pad_vocab_multiple=64)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory, gpt2_bpe_dir: Path) -> tuple[Path, Path]:
+    """A tiny checkpoint of ours (GPT-2 tokeniser) and its Hugging Face export."""
+    torch.manual_seed(0)
+    model = GPT(GPT2_VOCAB)
+    root = tmp_path_factory.mktemp("inference")
+    save_model_dir(model, root / "ckpt", tokeniser_spec="gpt2")
+    model.save_pretrained(root / "export", tokeniser="gpt2")
+    return root / "ckpt", root / "export"
+
+
+def run_inference(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "inference.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        timeout=120,
+    )
+
+
+def test_checkpoint_and_export_sample_the_same(dirs: tuple[Path, Path]) -> None:
+    device = torch.device("cpu")
+    texts = []
+    for d in dirs:
+        model, tok = inference.load(str(d), None, device)
+        assert tok.name == "gpt2"
+        texts.append(
+            inference.sample(
+                model, tok, "Hello there", max_tokens=12, num_samples=3, top_k=50, seed=5
+            )
+        )
+    assert texts[0] == texts[1]  # same weights, seed and settings
+    assert all(t.startswith("Hello there") for t in texts[0])
+    assert len(set(texts[0])) == 3  # three different samples of one prompt
+
+
+def test_seed_makes_samples_reproducible(dirs: tuple[Path, Path]) -> None:
+    model, tok = inference.load(str(dirs[0]), None, torch.device("cpu"))
+    kwargs = dict(max_tokens=10, num_samples=2, temperature=0.8, top_p=0.9)
+    a = inference.sample(model, tok, "The", seed=1, **kwargs)
+    assert a == inference.sample(model, tok, "The", seed=1, **kwargs)
+    assert a != inference.sample(model, tok, "The", seed=2, **kwargs)
+
+
+def test_stream_pieces_join_to_the_greedy_sample(dirs: tuple[Path, Path]) -> None:
+    model, tok = inference.load(str(dirs[0]), None, torch.device("cpu"))
+    pieces = list(inference.stream(model, tok, "Once upon", max_tokens=15, temperature=0))
+    [text] = inference.sample(model, tok, "Once upon", max_tokens=15, num_samples=1, temperature=0)
+    assert "Once upon" + "".join(pieces) == text
+
+
+def test_command_on_checkpoint_and_export(dirs: tuple[Path, Path]) -> None:
+    for d, extra in ((dirs[0], []), (dirs[1], ["--stream"])):
+        result = run_inference(
+            "--model", str(d), "--prompt", "Hi", "--max-tokens", "8", "--seed", "3",
+            "--device", "cpu", "--num-samples", "2", *extra,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("--- sample") == 2
+        assert result.stdout.count("\nHi") == 2
+
+
+def test_missing_model_is_one_line_error(tmp_path: Path) -> None:
+    result = run_inference("--model", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_offline_hub_name_is_one_line_error(tmp_path: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    result = run_inference("--model", "gpt2", "--max-tokens", "1", env=env)
+    assert result.returncode == 2
+    assert "--local-dir" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--num-samples", "0"], "num-samples"),
+        (["--top-p", "2"], "top_p"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_settings_are_refused(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        run(inference.main, ["--model", "unused", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_tokeniser_larger_than_the_model_is_refused(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
+    save_model_dir(GPT(GPTConfig(block_size=16, vocab_size=512, n_layer=1, n_head=1, n_embd=8)),
+                   tmp_path / "small", tokeniser_spec="gpt2")  # fmt: skip
+    with pytest.raises(inference.UsageError, match="50257 tokens but the model only 512"):
+        inference.load(str(tmp_path / "small"), None, torch.device("cpu"))
