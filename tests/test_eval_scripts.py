@@ -249,6 +249,7 @@ def test_offline_end_to_end(
         "TASKS": "hellaswag_local:0",
         "LIMIT": "8",
         "DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",  # a tiny model
     }
     model = str(tiny_hf_gpt2_dir)
     r = subprocess.run(
