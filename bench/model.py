@@ -1,6 +1,6 @@
 """Benchmark: one training step (forward + backward + AdamW) of GPT against transformers.
 
-    python bench/model.py                          # 6 layers, 384 wide, B=8, T=256, CPU
+    python bench/model.py                          # 6 layers, 384 wide, B=8, T=128, CPU
     python bench/model.py --batch-size 4 --seq-len 128 --steps 5
 
 The same random weights and batch in our GPT and in transformers' GPT2LMHeadModel with SDPA
@@ -71,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--vocab-size", type=int, default=50257)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=7, help="timed steps of each model")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5, help="timed steps of each model")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps of each model first")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     if min(args.batch_size, args.seq_len, args.steps) < 1 or args.warmup < 0:

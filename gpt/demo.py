@@ -39,6 +39,7 @@ DEMO_SOURCE = "python-docs"
 DEMO_VOCAB = 4096
 DEMO_VAL_FRACTION = 0.1  # of the corpus's tokens, in whole documents
 DEMO_SHUFFLE_SEED = 0
+SECTION_PARAGRAPHS = 8  # a module's docstrings are one source document: cut it into sections
 TARGET_MARGIN = 1.0  # nats/token below the unigram entropy that the model must reach
 
 Say = Callable[[str], None]
@@ -62,11 +63,17 @@ class DemoResult:
 
 
 def demo_documents(max_docs: int | None = None) -> list[str]:
-    """The corpus in a fixed shuffled order, so that the validation split (its first documents)
-    samples the whole corpus rather than its first part (the pydoc topics come first)."""
-    docs = list(iter_documents(DEMO_SOURCE, max_docs=max_docs))
-    random.Random(DEMO_SHUFFLE_SEED).shuffle(docs)
-    return docs
+    """The corpus cut into sections of up to SECTION_PARAGRAPHS paragraphs, in a fixed shuffled
+    order: the validation split (the first sections) then samples every part of the corpus
+    (pydoc topics come first in the source, and a whole module is one source document)."""
+    sections = [
+        "\n\n".join(paragraphs[i : i + SECTION_PARAGRAPHS])
+        for doc in iter_documents(DEMO_SOURCE, max_docs=max_docs)
+        for paragraphs in [[p for p in doc.split("\n\n") if p.strip()]]
+        for i in range(0, len(paragraphs), SECTION_PARAGRAPHS)
+    ]
+    random.Random(DEMO_SHUFFLE_SEED).shuffle(sections)
+    return sections
 
 
 def ensure_tokeniser(path: Path, vocab_size: int, documents: Iterable[str], say: Say) -> Tokeniser:

@@ -34,7 +34,14 @@ from gpt.checkpoint import is_checkpoint, load_model_dir, write_json_atomic
 from gpt.cli import run
 from gpt.config import GPTConfig
 from gpt.model import GPT
-from gpt.tokeniser import ENDOFTEXT, GPT2_FILES, GPT2_URLS, Tokeniser, get_tokeniser
+from gpt.tokeniser import (
+    ENDOFTEXT,
+    GPT2_FILES,
+    GPT2_URLS,
+    GPTTokeniser,
+    Tokeniser,
+    get_tokeniser,
+)
 
 # Conv1D weights, stored (in, out) by Hugging Face and (out, in) by nn.Linear.
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -300,7 +307,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return chars
 
 
-def tokenizer_json(tokeniser: Any) -> str:
+def tokenizer_json(tokeniser: GPTTokeniser) -> str:
     """A `tokenizers` tokenizer.json for our byte-level BPE (GPTTokeniser): its merges in order,
     its pre-split regex, byte-level alphabet and special tokens, so that transformers'
     PreTrainedTokenizerFast encodes exactly as we do."""
@@ -334,12 +341,12 @@ def write_tokeniser_files(out_dir: Path, tokeniser: Tokeniser, block_size: int) 
     """The tokenizer files transformers' AutoTokenizer loads (see the module docstring)."""
     eot = ENDOFTEXT if ENDOFTEXT in tokeniser.special_tokens else None
     specials = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-    if tokeniser.name == "gpt2":
+    if tokeniser.spec == "gpt2":
         encoder, bpe = gpt2_bpe_files(tokeniser)
         _write_atomic(out_dir / "vocab.json", lambda tmp: shutil.copyfile(encoder, tmp))
         _write_atomic(out_dir / "merges.txt", lambda tmp: shutil.copyfile(bpe, tmp))
         tokenizer_class = "GPT2Tokenizer"
-    else:
+    elif isinstance(tokeniser, GPTTokeniser):
         spec = Path(tokeniser.spec)
         _write_atomic(
             out_dir / "tokenizer.json",
@@ -348,6 +355,8 @@ def write_tokeniser_files(out_dir: Path, tokeniser: Tokeniser, block_size: int) 
         if spec.is_file():
             _write_atomic(out_dir / TKN_FILE, lambda tmp: shutil.copyfile(spec, tmp))
         tokenizer_class = "PreTrainedTokenizerFast"
+    else:
+        raise ValueError(f"cannot write Hugging Face tokenizer files for {tokeniser!r}")
     write_json_atomic(out_dir / "special_tokens_map.json", specials)
     write_json_atomic(
         out_dir / "tokenizer_config.json",
