@@ -277,6 +277,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "warmup_steps": 358,
     },
     # The one-command CPU demo (gpt/demo.py): a 4,096-token tokeniser and the python-docs corpus.
+    # Many small steps learn fastest per CPU second; with 1,024-token batches a low peak rate
+    # (5e-4) beat 1e-3..1e-2 in a sweep. About 3.5 minutes on 2 cores, val loss ~5.2 against
+    # a unigram entropy of 6.75 nats/token.
     "demo": {
         "model": "demo",
         "data": "cache/demo/data",
@@ -284,19 +287,20 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "out": "runs/demo",
         "pad_vocab_multiple": 64,
         "batch_size": 16,
-        "seq_len": 128,
-        "total_batch_size": 2048,
-        "max_lr": 3e-3,
+        "seq_len": 64,
+        "total_batch_size": 1024,
+        "max_lr": 5e-4,
         "warmup_steps": 20,
-        "max_steps": 600,
-        "eval_every": 100,
-        "val_tokens": 65_536,
+        "max_steps": 800,
+        "eval_every": 200,
+        "val_tokens": 32_768,
         "save_every": 0,
         "keep": 1,
         "sample_prompt": "The",
         "samples": 2,
         "sample_tokens": 48,
-        "log_every": 25,
+        "sample_temperature": 0.8,
+        "log_every": 50,
     },
     # For tests: the tiny model, a few steps, no compile.
     "tiny": {

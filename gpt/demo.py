@@ -6,8 +6,8 @@ On a fresh machine with no network it
 1. trains a 4,096-token byte-level BPE (GPTTokeniser.train) on the embedded `python-docs` corpus
    (the documentation inside this Python: pydoc topics and standard-library docstrings) into
    cache/demo/tokeniser.tkn, unless it is there;
-2. tokenises the corpus into shards in cache/demo/data (documents in a fixed shuffled order, the
-   first ~10% of the tokens as the validation split), unless they are there;
+2. tokenises the corpus into shards in cache/demo/data, unless they are there: its paragraphs
+   as documents, in a fixed shuffled order, the first ~10% of the tokens as the validation split;
 3. measures the unigram entropy of the validation split (nats/token): the loss of the best model
    that ignores context, the baseline the trained model must beat by at least 1 nat;
 4. trains the `demo` model (4 layers, 256 wide, 4.3M parameters) with the `demo` recipe, printing
@@ -18,6 +18,7 @@ Target: under 6 minutes end to end on 2 CPU cores.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt.checkpoint import write_json_atomic
+from gpt.checkpoint import list_checkpoints, write_json_atomic
 from gpt.config import TrainConfig
 from gpt.distributed import DistEnv, print0
 from gpt.prepare import prepare_dataset
@@ -39,7 +40,6 @@ DEMO_SOURCE = "python-docs"
 DEMO_VOCAB = 4096
 DEMO_VAL_FRACTION = 0.1  # of the corpus's tokens, in whole documents
 DEMO_SHUFFLE_SEED = 0
-SECTION_PARAGRAPHS = 8  # a module's docstrings are one source document: cut it into sections
 TARGET_MARGIN = 1.0  # nats/token below the unigram entropy that the model must reach
 
 Say = Callable[[str], None]
@@ -63,17 +63,20 @@ class DemoResult:
 
 
 def demo_documents(max_docs: int | None = None) -> list[str]:
-    """The corpus cut into sections of up to SECTION_PARAGRAPHS paragraphs, in a fixed shuffled
-    order: the validation split (the first sections) then samples every part of the corpus
-    (pydoc topics come first in the source, and a whole module is one source document)."""
-    sections = [
-        "\n\n".join(paragraphs[i : i + SECTION_PARAGRAPHS])
+    """The corpus's paragraphs (blank-line separated) as documents, in a fixed shuffled order.
+
+    A source document is a whole module's docstrings, and the pydoc topics come first: split and
+    shuffled, the validation split (the first documents) is a random sample of held-out paragraphs
+    from every part of the corpus, and a small model learns it within the demo's few minutes.
+    """
+    paragraphs = [
+        p.strip()
         for doc in iter_documents(DEMO_SOURCE, max_docs=max_docs)
-        for paragraphs in [[p for p in doc.split("\n\n") if p.strip()]]
-        for i in range(0, len(paragraphs), SECTION_PARAGRAPHS)
+        for p in doc.split("\n\n")
+        if p.strip()
     ]
-    random.Random(DEMO_SHUFFLE_SEED).shuffle(sections)
-    return sections
+    random.Random(DEMO_SHUFFLE_SEED).shuffle(paragraphs)
+    return paragraphs
 
 
 def ensure_tokeniser(path: Path, vocab_size: int, documents: Iterable[str], say: Say) -> Tokeniser:
@@ -153,6 +156,9 @@ def run_demo(
         f"baseline: unigram entropy of the val split {entropy:.4f} nats/token; "
         f"target: val loss below {entropy - TARGET_MARGIN:.4f}"
     )
+    if cfg.resume is None and list_checkpoints(cfg.out):
+        say(f"{cfg.out}: replacing the previous demo run")
+        shutil.rmtree(cfg.out)
     result = DemoResult(entropy, train(cfg, env), time.perf_counter() - start)
     summarise(result, Path(cfg.out), say)
     return result

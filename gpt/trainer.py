@@ -146,18 +146,19 @@ def configure_optimizer(
 def measure_matmul_flops(
     device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5
 ) -> float:
-    """Achieved FLOP/s of square matmuls on `device`: the CPU's practical peak for MFU."""
+    """FLOP/s of the fastest of many square matmuls on `device` within `seconds`: the device's
+    practical peak for MFU on CPU (the fastest one, so that other processes' load weighs less)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
+    a @ b  # warm-up
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
         a @ b
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        done += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * done / (time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def peak_flops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> float | None:
@@ -183,7 +184,8 @@ class RunLogger:
     """Rank 0's outputs: console lines (above a progress bar), RUN/metrics.jsonl, RUN/log.txt
     and, when asked, TensorBoard and Weights & Biases. On other ranks every method is a no-op."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool, fresh: bool) -> None:
+        """`fresh`: a new run, whose logs replace any left by a run that never checkpointed."""
         self.enabled = enabled
         self.run_dir = run_dir
         self.bar: Any = None
@@ -192,12 +194,13 @@ class RunLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
-        self.text = (run_dir / "log.txt").open("a", encoding="utf-8")
         if cfg.tensorboard:
             self.tb = _tensorboard_writer(run_dir / "tensorboard")
         if cfg.wandb:
             self.wandb = _wandb_run(cfg, run_dir)
+        mode = "w" if fresh else "a"
+        self.metrics = (run_dir / "metrics.jsonl").open(mode, encoding="utf-8")
+        self.text = (run_dir / "log.txt").open(mode, encoding="utf-8")
 
     def start_progress(self, total: int, initial: int, show: bool) -> None:
         if self.enabled and show:
@@ -417,10 +420,16 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
         )
     accum = grad_accum_steps(cfg, env.world_size)
     max_steps = cfg.max_steps or default_max_steps(cfg, split_tokens(manifest, "train"))
+    run_dir = Path(cfg.out)
     resume_from = resolve_resume(cfg)
     state = ckpt.load_training_state(resume_from) if resume_from else None
     if state is not None and resume_from is not None:
         check_resumable(cfg, state, resume_from, env.world_size)
+    elif ckpt.list_checkpoints(run_dir):
+        raise ValueError(
+            f"{run_dir} already holds a run with checkpoints: continue it with --resume, or "
+            "choose another --out"
+        )
 
     device = env.device
     if device.type == "cuda":
@@ -433,18 +442,18 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
     train_model = wrap_model(model, cfg, env)
     optimizer = configure_optimizer(model, cfg, device, fused=False if cfg.fsdp else None)
 
-    loader_args = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=env.rank)
     train_loader = DataLoader(
         cfg.data,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
         split="train",
+        rank=env.rank,
         world_size=env.world_size,
         seed=cfg.seed,
         fingerprint=tok.fingerprint,
-        **loader_args,
     )
     val_loader, val_steps = make_val_loader(cfg, env, manifest, tok)
 
-    run_dir = Path(cfg.out)
     if env.is_main and state is not None:
         truncate_logs(run_dir, state.step)
     dtype = autocast_dtype(cfg, device)
@@ -466,7 +475,7 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
         dtype=dtype,
         peak=peak_flops(cfg, device, dtype),
         flops_per_token=model.flops_per_token(cfg.seq_len),
-        log=RunLogger(run_dir, cfg, env.is_main),
+        log=RunLogger(run_dir, cfg, env.is_main, fresh=state is None),
     )
     if state is not None and resume_from is not None:
         restore(run, state, resume_from)
@@ -613,7 +622,7 @@ def loop(run: Run) -> None:
 def grad_sync(run: Run, sync: bool) -> Iterator[None]:
     """Synchronise gradients across ranks only when `sync` (the last micro-step)."""
     if run.cfg.fsdp:
-        run.train_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        run.model.set_requires_gradient_sync(sync)  # type: ignore[operator]
         yield
     elif run.env.distributed and not sync:
         with run.train_model.no_sync():  # type: ignore[operator]
@@ -646,6 +655,10 @@ def train_step(run: Run) -> None:
         group["lr"] = lr
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if not run.cfg.fsdp:
+        # Fused AdamW updates parameters in place without bumping their version counters;
+        # caches keyed on them (GPT.generate's decoding weights) must see the new values.
+        torch.autograd.graph.increment_version(list(run.model.parameters()))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - start
@@ -774,9 +787,10 @@ def hellaswag(run: Run, model: GPT, tokens: int) -> None:
 
 
 def sample(run: Run, model: GPT, tokens: int) -> None:
-    """A few continuations of the sample prompt (rank 0), into the logs."""
+    """A few continuations of the sample prompt (rank 0), into the logs. The prompt follows an
+    end-of-text token, as every training document does."""
     cfg, tok = run.cfg, run.tokeniser
-    prompt = tok.encode(cfg.sample_prompt) or [tok.eot_token]
+    prompt = [tok.eot_token, *tok.encode(cfg.sample_prompt)]
     idx = torch.tensor([prompt] * cfg.samples, dtype=torch.long, device=run.device)
     generator = torch.Generator(device=run.device).manual_seed(cfg.sample_seed)
     with autocast(run.device, run.dtype):

@@ -129,6 +129,22 @@ def test_tiny_run_logs_checkpoints_and_learns(tiny_run_config, tmp_path: Path) -
     assert len(events(run, "sample")) == 3
     assert all(e["value"].startswith(cfg.sample_prompt) for e in events(run, "sample"))
 
+    # the last samples are those of the final weights (fresh from the checkpoint)
+    final, _ = ckpt.load_model_dir(ckpt.step_dir(run, 10))
+    tok = GPTTokeniser(Path(cfg.tokeniser))
+    prompt = [tok.eot_token, *tok.encode(cfg.sample_prompt)]
+    generator = torch.Generator().manual_seed(cfg.sample_seed)
+    new = final.generate(
+        torch.tensor([prompt]),
+        cfg.sample_tokens,
+        temperature=cfg.sample_temperature,
+        top_k=cfg.sample_top_k,
+        eos_token=tok.eot_token,
+        generator=generator,
+    )[0, len(prompt) :].tolist()
+    new = new[: new.index(tok.eot_token)] if tok.eot_token in new else new
+    assert events(run, "sample")[-1]["value"] == cfg.sample_prompt + tok.decode(new)
+
     # the text log holds the same numbers
     val_lines = [line for line in lines if " val " in line]
     assert val_lines[1] == f" 5 (768) val {events(run, 'val')[1]['value']:.4f}"
@@ -216,9 +232,23 @@ def test_tokeniser_must_match_the_data(tiny_run_config, tmp_path: Path) -> None:
         train(tiny_run_config(tokeniser=str(tmp_path / "other.tkn")))
 
 
+def test_a_new_run_never_mixes_with_a_checkpointed_one(tiny_run_config) -> None:
+    train(tiny_run_config(max_steps=2, samples=0))
+    with pytest.raises(ValueError, match="already holds a run with checkpoints: continue it"):
+        train(tiny_run_config(max_steps=2, samples=0))
+
+
 def test_seq_len_longer_than_the_model_is_refused(tiny_run_config) -> None:
     with pytest.raises(ValueError, match="exceeds the tiny model's block_size 64"):
         train(tiny_run_config(seq_len=128, total_batch_size=512))
+
+
+@pytest.mark.parametrize("package", ["tensorboard", "wandb"])
+def test_optional_loggers_are_never_required(tiny_run_config, package: str) -> None:
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(ValueError, match=f"--{package} needs the {package} package: pip install"):
+        train(tiny_run_config(**{package: True}))
 
 
 @pytest.mark.slow

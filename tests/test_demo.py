@@ -1,0 +1,78 @@
+"""The one-command demo, shortened: tokeniser, data, unigram baseline, training, plots, export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gpt.config import train_preset
+from gpt.demo import demo_documents, run_demo
+from gpt.shards import read_manifest
+from gpt.tokeniser import GPTTokeniser
+
+
+def short_demo(tmp_path: Path, out: str, **overrides: object):
+    """The demo recipe with the tiny model and a 512-token tokeniser on 40 source documents."""
+    settings = {
+        "data": str(tmp_path / "data"),
+        "tokeniser": str(tmp_path / "tok.tkn"),
+        "out": str(tmp_path / out),
+        "model": "tiny",
+        "batch_size": 4,
+        "seq_len": 32,
+        "total_batch_size": 128,
+        "warmup_steps": 5,
+        "max_steps": 20,
+        "eval_every": 10,
+        "val_tokens": 1024,
+        "sample_tokens": 8,
+        "progress": False,
+    }
+    cfg = train_preset("demo", **{**settings, **overrides})
+    lines: list[str] = []
+    return run_demo(cfg, vocab_size=512, max_docs=40, say=lines.append), lines
+
+
+def reference_entropy(tok: GPTTokeniser, docs: list[str], n_val_docs: int) -> float:
+    """Unigram entropy of the first n_val_docs documents, each [eot] + tokens, in plain Python."""
+    counts: Counter[int] = Counter()
+    for doc in docs[:n_val_docs]:
+        counts.update([tok.eot_token, *tok.encode_ordinary(doc)])
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+@pytest.mark.slow
+def test_short_demo_end_to_end(tmp_path: Path) -> None:
+    result, lines = short_demo(tmp_path, "run")
+    text = "\n".join(lines)
+    assert "tokeniser: 512 tokens trained" in text and "data: " in text
+    assert "baseline: unigram entropy of the val split" in text
+    assert "final val loss" in text and "nats/token better" in text
+
+    tok = GPTTokeniser(tmp_path / "tok.tkn")
+    manifest = read_manifest(tmp_path / "data")
+    n_val = sum(s["docs"] for s in manifest["shards"] if s["split"] == "val")
+    expected = reference_entropy(tok, demo_documents(40), n_val)
+    assert result.unigram_entropy == pytest.approx(expected, abs=1e-9)
+
+    run = tmp_path / "run"
+    vals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [e["value"] for e in vals if e["kind"] == "val"]
+    assert len(vals) == 3 and vals[-1] == result.train.final_val_loss < vals[0]
+    assert result.margin == pytest.approx(result.unigram_entropy - vals[-1])
+    summary = json.loads((run / "demo.json").read_text())
+    assert summary["final_val_loss"] == vals[-1]
+    assert (run / "export" / "config.json").is_file()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert result.train.plots and all(p.is_file() for p in result.train.plots)
+
+    # a second demo reuses the tokeniser and the data, and replaces the previous run
+    _, lines = short_demo(tmp_path, "run", max_steps=2, eval_every=2)
+    assert not any(x.startswith(("tokeniser:", "data:")) for x in lines)
+    assert f"{run}: replacing the previous demo run" in lines
