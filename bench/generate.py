@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per batch")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per batch")
     p.add_argument("--recompute-tokens", type=int, default=512, help="0 skips that comparison")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)

@@ -1,16 +1,20 @@
 """Benchmark: training tokens/s and MFU of train.py's step against transformers, on this machine.
 
-    python bench/train.py                              # demo and 124M-shaped models, ~2.5 min
-    python bench/train.py --models demo --steps 10 --no-compile
+    python bench/train.py                              # demo and 124M-shaped models, CPU, ~1.5 min
+    python bench/train.py --models demo --steps 40 --no-compile
+    python bench/train.py --device cuda --dtype bfloat16 --models 124M --batch-size 64 \
+        --seq-len 1024 --steps 20                      # one GPU: the gpt2 recipe's micro-batch
 
 Ours is the step train.py runs: our GPT under torch.compile, AdamW with fused kernels (weight
-decay on >= 2-D parameters), gradient clipping at 1.0. The peer is transformers'
-GPT2LMHeadModel (SDPA attention, dropout 0, eager) with torch's default AdamW (foreach) and the
-same clipping, holding the same weights and training on the same batch, both float32 (the
-CPU training dtype). Steps alternate (ours, peer) after warm-up steps (ours compiles there: the
-compile time is reported apart); medians are reported. MFU = training FLOPs per token (6N + 12LCT,
-GPT.flops_per_token) x tokens/s / this machine's float32 matmul peak, measured in the same run.
-Target (issue 5): ours >= 1.2x the peer's tokens/s.
+decay on >= 2-D parameters), gradient clipping at 1.0 (and TF32 matmuls on CUDA). The peer is
+transformers' GPT2LMHeadModel (SDPA attention, dropout 0, eager) with torch's default AdamW
+(foreach) and the same clipping, holding the same weights and training on the same batch in the
+same dtype (float32, the CPU training dtype, or bfloat16 autocast). Steps alternate (ours,
+peer) after warm-up steps; ours compiles in its first step, timed apart. Medians are reported.
+MFU = training FLOPs per token (6N + 12LCT, GPT.flops_per_token) x tokens/s / the device's peak:
+on CPU the fastest float32 2048x2048 matmul measured before and after the models, on CUDA the
+datasheet's dense bf16 figure (989 TFLOP/s on H100/H200; --peak-flops otherwise).
+Targets (issue 5): on CPU ours >= 1.2x the peer's tokens/s; on one H200, >= 45% MFU.
 """
 
 from __future__ import annotations
@@ -30,13 +34,32 @@ from torch import nn  # noqa: E402
 from bench._common import machine, median, table  # noqa: E402
 from gpt.cli import UsageError, run  # noqa: E402
 from gpt.config import GPTConfig, TrainConfig, model_preset  # noqa: E402
+from gpt.distributed import resolve_device  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
 from gpt.model import GPT  # noqa: E402
-from gpt.trainer import configure_optimizer, measure_matmul_flops  # noqa: E402
+from gpt.trainer import (  # noqa: E402
+    autocast,
+    configure_optimizer,
+    measure_matmul_flops,
+    peak_flops,
+)
 
-# (model preset, vocabulary, micro-batch rows, sequence length): the demo recipe's micro-batch,
-# and a 124M-shaped model (GPT-2's vocabulary, padded to 50,304 in ours) on a small batch.
-MODELS = {"demo": ("demo", 4096, 16, 64), "124M": ("gpt2", 50257, 2, 128)}
+
+@dataclass(frozen=True)
+class Shape:
+    """A benchmarked model and batch."""
+
+    preset: str
+    vocab: int
+    batch: int
+    seq: int
+    steps: int
+    """Timed steps by default: many for the fast small model, whose steps are noisier."""
+
+
+# The demo recipe's micro-batch, and a 124M-shaped model (GPT-2's vocabulary, padded to 50,304
+# in ours) on a small batch so that the run stays short.
+MODELS = {"demo": Shape("demo", 4096, 16, 64, 20), "124M": Shape("gpt2", 50257, 2, 128, 5)}
 
 
 @dataclass
@@ -89,37 +112,59 @@ def peer_model(config: GPTConfig, ours: GPT) -> nn.Module:
     return hf.train()
 
 
+@dataclass(frozen=True)
+class Setting:
+    """Where and how both models train."""
+
+    device: torch.device
+    dtype: torch.dtype
+    compile: bool
+    batch: int | None
+    seq: int | None
+    steps: int | None
+    warmup: int
+
+
 def step_fn(
-    model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[], torch.Tensor],
+    setting: Setting,
 ) -> Callable[[], float]:
     """One training step: forward with the loss, backward, clip at 1.0, AdamW, zero_grad."""
 
     def step() -> float:
         start = time.perf_counter()
-        loss = loss_fn()
+        with autocast(setting.device, setting.dtype):
+            loss = loss_fn()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if setting.device.type == "cuda":
+            torch.cuda.synchronize(setting.device)
         return time.perf_counter() - start
 
     return step
 
 
-def bench_model(name: str, steps: int, warmup: int, compile_on: bool) -> Result:
-    preset, vocab, batch, seq = MODELS[name]
-    config = model_preset(preset, vocab_size=vocab, pad_vocab_multiple=64)
+def bench_model(name: str, setting: Setting) -> Result:
+    shape = MODELS[name]
+    batch, seq = setting.batch or shape.batch, setting.seq or shape.seq
+    steps, device = setting.steps or shape.steps, setting.device
+    block = max(seq, model_preset(shape.preset).block_size)
+    config = model_preset(
+        shape.preset, vocab_size=shape.vocab, pad_vocab_multiple=64, block_size=block
+    )
     torch.manual_seed(0)
-    ours = GPT(config).train()
-    peer = peer_model(config, ours)
-    tokens = torch.randint(0, vocab, (batch, seq + 1))
+    ours = GPT(config).to(device).train()
+    peer = peer_model(config, ours).to(device)
+    tokens = torch.randint(0, shape.vocab, (batch, seq + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
-    compiled = torch.compile(ours) if compile_on else ours
+    compiled = torch.compile(ours) if setting.compile else ours
     recipe = TrainConfig(max_lr=1e-4)
     ours_step = step_fn(
-        ours,
-        configure_optimizer(ours, recipe, torch.device("cpu")),
-        lambda: compiled(x, y)[1],
+        ours, configure_optimizer(ours, recipe, device), lambda: compiled(x, y)[1], setting
     )
     peer_opt = torch.optim.AdamW(
         [
@@ -130,11 +175,9 @@ def bench_model(name: str, steps: int, warmup: int, compile_on: bool) -> Result:
         betas=(0.9, 0.95),
         eps=1e-8,
     )
-    peer_step = step_fn(peer, peer_opt, lambda: peer(input_ids=x, labels=x).loss)
-    start = time.perf_counter()
-    ours_step()  # compiles
-    compile_s = time.perf_counter() - start
-    for _ in range(warmup):
+    peer_step = step_fn(peer, peer_opt, lambda: peer(input_ids=x, labels=x).loss, setting)
+    compile_s = ours_step()  # compiles
+    for _ in range(setting.warmup):
         ours_step()
         peer_step()
     t_ours, t_peer = [], []
@@ -158,27 +201,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--models", default="demo,124M", help=f"comma-separated: {', '.join(MODELS)}")
-    p.add_argument("--steps", type=int, default=5, help="timed steps of each model")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps of each model (default: demo 20, 124M 5)",
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=True, help="compile ours"
     )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--batch-size", type=int, default=None, help="rows (default: per model)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens a row (default: per model)")
+    p.add_argument("--peak-flops", type=float, default=None, help="device peak for MFU")
     args = p.parse_args(argv)
     names = args.models.split(",")
     if unknown := [n for n in names if n not in MODELS]:
         raise UsageError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
-    if args.steps < 1 or args.warmup < 0:
-        raise UsageError("--steps must be >= 1 and --warmup >= 0")
+    sizes = (args.steps, args.batch_size, args.seq_len)
+    if any(v is not None and v < 1 for v in sizes) or args.warmup < 0:
+        raise UsageError("--steps, --batch-size and --seq-len must be >= 1, --warmup >= 0")
+    setting = Setting(
+        device=resolve_device(args.device),
+        dtype=getattr(torch, args.dtype),
+        compile=args.compile,
+        batch=args.batch_size,
+        seq=args.seq_len,
+        steps=args.steps,
+        warmup=args.warmup,
+    )
+    if setting.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32, as train.py
     print(f"machine: {machine()}")
-    results = [bench_model(n, args.steps, args.warmup, args.compile) for n in names]
-    peak = measure_matmul_flops(torch.device("cpu"), n=2048, seconds=2.0)
-    print(f"float32 matmul peak (best 2048x2048 matmul): {peak / 1e9:.0f} GFLOP/s")
+    recipe = TrainConfig(peak_flops=args.peak_flops)
+    peak = peak_flops(recipe, setting.device, setting.dtype)
+    results = [bench_model(n, setting) for n in names]
+    if setting.device.type == "cpu" and args.peak_flops is None:
+        peak = max(peak or 0.0, measure_matmul_flops(setting.device, n=2048, seconds=1.0))
+        print(f"float32 matmul peak (fastest 2048x2048 matmul): {peak / 1e9:.0f} GFLOP/s")
+    if peak is None:
+        raise UsageError(f"no known peak for {setting.device}: pass --peak-flops")
+    print(f"peak for MFU: {peak / 1e12:.2f} TFLOP/s")
     headers = ["model", "params", "tokens/step", "ours tok/s", "peer tok/s", "ratio"]
     headers += ["ours MFU", "peer MFU", "compile s"]
     print(table(headers, [r.row(peak) for r in results]))
     print(
         f"ours: GPT, torch.compile {'on' if args.compile else 'off'}, fused AdamW; peer: "
-        f"transformers GPT2LMHeadModel (sdpa), AdamW (foreach); float32; median of {args.steps}"
+        f"transformers GPT2LMHeadModel (sdpa), AdamW (foreach); {args.dtype} on {args.device}; "
+        "median of the timed steps, alternating"
     )
     return 0
 

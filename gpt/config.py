@@ -300,6 +300,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "samples": 2,
         "sample_tokens": 48,
         "sample_temperature": 0.8,
+        "hellaswag_limit": 200,
         "log_every": 50,
     },
     # For tests: the tiny model, a few steps, no compile.

@@ -112,8 +112,8 @@ def ensure_data(data_dir: Path, tok: Tokeniser, documents: list[str], say: Say) 
     )
     train_tokens, val_tokens = (split_size(manifest, s) for s in ("train", "val"))
     say(
-        f"data: {len(documents)} documents, {train_tokens:,} train + {val_tokens:,} val tokens in "
-        f"{time.perf_counter() - start:.1f}s -> {data_dir}"
+        f"data: {len(documents):,} documents, {train_tokens:,} train + {val_tokens:,} val "
+        f"tokens in {time.perf_counter() - start:.1f}s -> {data_dir}"
     )
     return manifest
 

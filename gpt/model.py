@@ -178,7 +178,11 @@ class Projection:
         self.bias = bias
         self.packed = layout == "packed"
         if self.packed:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            try:
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            except RuntimeError:  # a dtype (float64, float16 on most CPUs) oneDNN cannot pack
+                self.packed = False
+                self.weight = weight.t()
         elif layout == "input-major":
             self.weight = weight.t().contiguous()  # (in, out)
         else:

@@ -148,8 +148,9 @@ def measure_matmul_flops(
 ) -> float:
     """FLOP/s of the fastest of many square matmuls on `device` within `seconds`: the device's
     practical peak for MFU on CPU (the fastest one, so that other processes' load weighs less)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG alone
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     a @ b  # warm-up
     best, deadline = math.inf, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -163,7 +164,7 @@ def measure_matmul_flops(
 
 def peak_flops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> float | None:
     """Peak FLOP/s of one device for MFU: --peak-flops, a datasheet figure for known GPUs, a
-    measurement on CPU, else None (MFU not reported)."""
+    measurement on CPU (refined at each evaluation: see `refine_peak`), else None (no MFU)."""
     if cfg.peak_flops is not None:
         return cfg.peak_flops
     if device.type == "cuda":
@@ -721,10 +722,18 @@ def eval_model(run: Run) -> Iterator[GPT]:
     del copy, state
 
 
+def refine_peak(run: Run) -> None:
+    """On CPU, keep the best matmul rate seen so far as the peak: other processes sharing the
+    cores make any single measurement low (and MFU too high)."""
+    if run.cfg.peak_flops is None and run.device.type == "cpu" and run.peak is not None:
+        run.peak = max(run.peak, measure_matmul_flops(run.device, seconds=0.2))
+
+
 def evaluate(run: Run) -> bool:
     """Validation loss, HellaSwag and samples at the top of run.step; save a checkpoint when the
     validation loss is a new best. Returns whether a checkpoint was saved."""
     tokens = run.tokens_at(run.step)
+    refine_peak(run)
     saved = False
     with eval_model(run) as model, torch.no_grad():
         if run.val_loader is not None:

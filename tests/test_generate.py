@@ -3,6 +3,10 @@ eos stopping, context cropping, top-k / top-p support, seeded reproducibility.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -188,3 +192,26 @@ def test_bad_sampling_settings_are_refused(model: GPT, kwargs: dict) -> None:
 def test_empty_prompt_is_refused(model: GPT) -> None:
     with pytest.raises(ValueError, match="tokens >= 1"):
         model.generate(torch.zeros(2, 0, dtype=torch.long), 5)
+
+
+def test_benchmark_bad_input_is_one_line_error() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "generate.py"), "--batches", "1,x"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --batches") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes_decode_like_recomputation(model: GPT, dtype: torch.dtype) -> None:
+    """Layouts oneDNN cannot pack (float64) fall back; bfloat16 takes the packed path."""
+    other = GPT(CONFIG).to(dtype).eval()
+    other.load_state_dict(model.state_dict())
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 5), generator=torch.Generator().manual_seed(11))
+    expected = greedy_by_recomputation(other, idx, 10)
+    assert torch.equal(other.generate(idx, 10, temperature=0), expected)
+    assert torch.equal(other.generate(idx[:1], 10, temperature=0), expected[:1])

@@ -4,7 +4,10 @@ FLOPs per token (hand-worked and counted)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +151,15 @@ def test_flops_per_token_matches_counted_matmuls() -> None:
     counted = counter.get_total_flops() / idx.numel()
     expected = model.flops_per_token(0)  # without the attention term
     assert counted == pytest.approx(expected, rel=0.02)
+
+
+def test_benchmark_bad_input_is_one_line_error() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "model.py"), "--steps", "0"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -70,6 +70,17 @@ def test_bad_input_is_one_line_and_exit_code_2(argv: list[str], message: str) ->
     assert_one_line_error(run_cli("--preset", "tiny", *argv), message)
 
 
+def test_bench_bad_model_is_one_line_error() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train.py"), "--models", "demo,huge"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert_one_line_error(result, "unknown model 'huge'")
+
+
 def test_flag_errors_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         resolve("--max-lr", "fast")
