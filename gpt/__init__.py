@@ -2,5 +2,6 @@
 
 from gpt.config import GPTConfig, model_preset
 from gpt.model import GPT
+from gpt.tokeniser import GPTTokeniser, TokeniserError, get_tokeniser
 
-__all__ = ["GPT", "GPTConfig", "model_preset"]
+__all__ = ["GPT", "GPTConfig", "GPTTokeniser", "TokeniserError", "get_tokeniser", "model_preset"]
