@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from gpt.config import GPTConfig
 from gpt.model import GPT
+from gpt.shards import atomic_write
 
 FORMAT_NAME = "gpt-alpha-checkpoint"
 FORMAT_VERSION = 1
@@ -44,20 +45,10 @@ class CheckpointError(ValueError):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `obj` as indented JSON with sorted keys to `path` atomically (gpt.shards'
+    atomic_write: a temp file in the same folder, fsynced, then renamed)."""
+    with atomic_write(path) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _umask() -> int:
