@@ -63,3 +63,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def cycle_to(docs: list[str], n_bytes: int) -> list[str]:
+    """`docs` repeated in order until they hold at least `n_bytes` of UTF-8."""
+    out: list[str] = []
+    total = 0
+    while total < n_bytes:
+        for d in docs:
+            out.append(d)
+            total += len(d.encode())
+            if total >= n_bytes:
+                break
+    return out

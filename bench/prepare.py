@@ -35,6 +35,7 @@ import tiktoken  # noqa: E402
 import tiktoken.load  # noqa: E402
 from tiktoken_ext.openai_public import r50k_pat_str  # noqa: E402
 
+from bench._common import cycle_to  # noqa: E402
 from gpt.cli import UsageError, run  # noqa: E402
 from gpt.prepare import prepare_dataset  # noqa: E402
 from gpt.shards import load_shard  # noqa: E402
@@ -55,19 +56,6 @@ def documents(shared: Path) -> list[str]:
             text = (corpora / name).read_text(encoding="utf-8")
             docs += re.split(r"\n(?= = [^=].* = \n)", text)
     return [d for d in docs if d.strip()]
-
-
-def cycle_to(docs: list[str], n_bytes: int) -> list[str]:
-    """`docs` repeated in order until they hold at least `n_bytes` of UTF-8."""
-    out: list[str] = []
-    total = 0
-    while total < n_bytes:
-        for d in docs:
-            out.append(d)
-            total += len(d.encode())
-            if total >= n_bytes:
-                break
-    return out
 
 
 def gpt2_encoding(bpe_dir: Path) -> tiktoken.Encoding:

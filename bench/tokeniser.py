@@ -34,6 +34,7 @@ import tiktoken  # noqa: E402
 import tokenizers  # noqa: E402
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
+from bench._common import cycle_to  # noqa: E402
 from gpt.cli import UsageError, run  # noqa: E402
 from gpt.tokeniser import ENDOFTEXT, PATTERNS, GPTTokeniser, _bytes_to_unicode  # noqa: E402
 
@@ -54,19 +55,6 @@ def real_documents(shared: Path) -> list[str]:
             docs.append(" ".join([item["ctx"], *item["endings"]]))
     docs += list(iter_documents("python-docs"))
     return [d for d in docs if d.strip()]
-
-
-def cycle_to(docs: list[str], n_bytes: int) -> list[str]:
-    """`docs` repeated in order until they hold at least `n_bytes` of UTF-8."""
-    out: list[str] = []
-    total = 0
-    while total < n_bytes:
-        for d in docs:
-            out.append(d)
-            total += len(d.encode())
-            if total >= n_bytes:
-                break
-    return out
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
