@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from gpt.cli import UsageError, run
+from gpt.cli import UserError, run
 from gpt.prepare import prepare_dataset
 from gpt.sources import FINEWEB_EDU, add_source_args, documents_from_args, source_name
 from gpt.tokeniser import add_tokeniser_args
@@ -66,7 +66,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (`error: ...`, exit code 2) via gpt.cli.run."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UserError(message)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     out = args.out or default_out(args)
     manifest = prepare_dataset(
         documents_from_args(args),

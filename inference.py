@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gpt.checkpoint import is_checkpoint, load_model_dir
-from gpt.cli import UsageError, run
+from gpt.cli import UserError, run
 from gpt.hf import from_pretrained, hf_tokeniser_spec
 from gpt.model import GPT, check_sampling
 from gpt.tokeniser import Tokeniser, add_tokeniser_args, get_tokeniser
@@ -38,13 +38,13 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cuda, mps or cpu") from None
+        raise UserError(f"unknown device {name!r}: use auto, cuda, mps or cpu") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+        raise UserError("--device cuda: no CUDA device is available")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: MPS is not available")
+        raise UserError("--device mps: MPS is not available")
     if device.type not in ("cuda", "mps", "cpu"):
-        raise UsageError(f"unsupported device {name!r}: use auto, cuda, mps or cpu")
+        raise UserError(f"unsupported device {name!r}: use auto, cuda, mps or cpu")
     return device
 
 
@@ -58,7 +58,7 @@ def load(model_arg: str, tokeniser_arg: str | None, device: torch.device) -> tup
         spec = hf_tokeniser_spec(model_arg) if Path(model_arg).is_dir() else "gpt2"
     tok = get_tokeniser(tokeniser_arg or spec)
     if tok.n_vocab > model.config.vocab_size:
-        raise UsageError(
+        raise UserError(
             f"tokeniser {tok.name} has {tok.n_vocab} tokens but the model only "
             f"{model.config.vocab_size}: pass the model's tokeniser with --tokeniser"
         )
@@ -185,9 +185,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             action.help = "'gpt2' or a .tkn file (default: the model's own, else gpt2)"
     args = parser.parse_args(argv)
     if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
+        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
     check_sampling(args.temperature, args.top_k or None, args.top_p, args.max_tokens)
     return args
 

@@ -33,7 +33,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the package, no
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.dataloader import DataLoader  # noqa: E402
 from gpt.shards import (  # noqa: E402
     FORMAT_VERSION,
@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     B, T = args.batch_size, args.seq_len
     if min(args.shards, args.shard_tokens, B, T, args.rounds) < 1:
-        raise UsageError("all counts must be positive")
+        raise UserError("all counts must be positive")
     if args.shard_tokens < 4 * B * T:
-        raise UsageError(f"--shard-tokens must be at least 4 batches ({4 * B * T})")
+        raise UserError(f"--shard-tokens must be at least 4 batches ({4 * B * T})")
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         data = Path(tmp) / "data"

@@ -29,7 +29,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the package, no
 import torch  # noqa: E402
 
 from bench._common import machine, read_bandwidth, table, timed  # noqa: E402
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
 from gpt.model import GPT  # noqa: E402
@@ -110,11 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
-        raise UsageError(
+        raise UserError(
             f"--batches must be integers separated by commas: {args.batches}"
         ) from None
     if min(batches) < 1 or args.rounds < 1 or args.new_tokens < 1 or args.prompt_len < 1:
-        raise UsageError("batch sizes, --rounds, --new-tokens and --prompt-len must be >= 1")
+        raise UserError("batch sizes, --rounds, --new-tokens and --prompt-len must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = GPTConfig(

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
 from gpt import hellaswag as hs  # noqa: E402
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import model_preset  # noqa: E402
 from gpt.model import GPT  # noqa: E402
 
@@ -90,12 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face row")
     args = p.parse_args(argv)
     if args.examples < 1 or args.batch_size < 1:
-        raise UsageError("--examples and --batch-size must be >= 1")
+        raise UserError("--examples and --batch-size must be >= 1")
     data = hs.find_hellaswag_file(args.data) or hs.find_hellaswag_file(
         str(SHARED / "hellaswag" / "hellaswag_val.jsonl")
     )
     if data is None:
-        raise UsageError("no HellaSwag file: pass --data FILE (or set HELLASWAG_FILE)")
+        raise UserError("no HellaSwag file: pass --data FILE (or set HELLASWAG_FILE)")
     if (SHARED / "gpt2").is_dir():
         os.environ.setdefault("GPT2_BPE_DIR", str(SHARED / "gpt2"))
     from gpt.tokeniser import get_tokeniser

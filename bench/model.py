@@ -23,7 +23,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the package, no
 import torch  # noqa: E402
 
 from bench._common import machine, median, table, timed  # noqa: E402
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
 from gpt.model import GPT  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     if min(args.batch_size, args.seq_len, args.steps) < 1 or args.warmup < 0:
-        raise UsageError("--batch-size, --seq-len and --steps must be >= 1, --warmup >= 0")
+        raise UserError("--batch-size, --seq-len and --steps must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = GPTConfig(

@@ -36,7 +36,7 @@ import tiktoken.load  # noqa: E402
 from tiktoken_ext.openai_public import r50k_pat_str  # noqa: E402
 
 from bench._common import cycle_to  # noqa: E402
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.prepare import prepare_dataset  # noqa: E402
 from gpt.shards import load_shard  # noqa: E402
 from gpt.sources import iter_documents  # noqa: E402
@@ -98,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default=str(SHARED), help="the shared data folder")
     args = parser.parse_args(argv)
     if args.mb <= 0 or args.workers < 1 or args.rounds < 1 or args.shard_size < 1:
-        raise UsageError("--mb, --workers, --rounds and --shard-size must be positive")
+        raise UserError("--mb, --workers, --rounds and --shard-size must be positive")
     bpe_dir = Path(os.environ.get("GPT2_BPE_DIR") or Path(args.data) / "gpt2")
     if not (bpe_dir / "vocab.bpe").is_file():
-        raise UsageError(f"no GPT-2 files in {bpe_dir}: set GPT2_BPE_DIR")
+        raise UserError(f"no GPT-2 files in {bpe_dir}: set GPT2_BPE_DIR")
     os.environ["GPT2_BPE_DIR"] = str(bpe_dir)
 
     distinct = documents(Path(args.data))

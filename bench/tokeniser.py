@@ -35,7 +35,7 @@ import tokenizers  # noqa: E402
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
 from bench._common import cycle_to  # noqa: E402
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.tokeniser import ENDOFTEXT, PATTERNS, GPTTokeniser, _bytes_to_unicode  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -144,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default=str(SHARED), help="the shared data folder")
     args = parser.parse_args(argv)
     if args.mb <= 0 or args.vocab_size < 300 or min(args.rounds, args.train_rounds) < 1:
-        raise UsageError("--mb and the rounds must be positive, --vocab-size at least 300")
+        raise UserError("--mb and the rounds must be positive, --vocab-size at least 300")
     if not (Path(args.data) / "corpora").is_dir():
-        raise UsageError(f"--data {args.data}: no corpora folder (the shared real data)")
+        raise UserError(f"--data {args.data}: no corpora folder (the shared real data)")
     pattern = PATTERNS[args.pattern]
 
     distinct = real_documents(Path(args.data))

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench._common import machine, median, table  # noqa: E402
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig, TrainConfig, model_preset  # noqa: E402
 from gpt.distributed import resolve_device  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
@@ -219,10 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     names = args.models.split(",")
     if unknown := [n for n in names if n not in MODELS]:
-        raise UsageError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+        raise UserError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     sizes = (args.steps, args.batch_size, args.seq_len)
     if any(v is not None and v < 1 for v in sizes) or args.warmup < 0:
-        raise UsageError("--steps, --batch-size and --seq-len must be >= 1, --warmup >= 0")
+        raise UserError("--steps, --batch-size and --seq-len must be >= 1, --warmup >= 0")
     setting = Setting(
         device=resolve_device(args.device),
         dtype=getattr(torch, args.dtype),
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peak = max(peak or 0.0, measure_matmul_flops(setting.device, n=2048, seconds=1.0))
         print(f"float32 matmul peak (fastest 2048x2048 matmul): {peak / 1e9:.0f} GFLOP/s")
     if peak is None:
-        raise UsageError(f"no known peak for {setting.device}: pass --peak-flops")
+        raise UserError(f"no known peak for {setting.device}: pass --peak-flops")
     print(f"peak for MFU: {peak / 1e12:.2f} TFLOP/s")
     headers = ["model", "params", "tokens/step", "ours tok/s", "peer tok/s", "ratio"]
     headers += ["ours MFU", "peer MFU", "compile s"]

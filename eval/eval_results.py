@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpt.cli import UsageError, run  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
 
 MISSING = "–"
 
@@ -172,15 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     results_dir = Path(args.results_dir)
     if not results_dir.is_dir():
-        raise UsageError(f"no results folder {results_dir} (run eval/run_eval.sh first)")
+        raise UserError(f"no results folder {results_dir} (run eval/run_eval.sh first)")
     models = args.models or sorted(d.name for d in results_dir.iterdir() if d.is_dir())
     if not models:
-        raise UsageError(f"no model results under {results_dir}")
+        raise UserError(f"no model results under {results_dir}")
     results = []
     for model in models:
         r = load_results(results_dir / model_dir_name(model))
         if not r.metrics:
-            raise UsageError(
+            raise UserError(
                 f"no results for {model} under {results_dir / model_dir_name(model)} "
                 "(run eval/run_eval.sh on it first)"
             )

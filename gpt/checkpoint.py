@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt.cli import UserError
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.shards import atomic_write
@@ -40,7 +41,7 @@ CONFIG_FILE = "config.json"
 TOKENISER_FILE = "tokeniser.tkn"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory is missing, damaged or of another format."""
 
 

@@ -2,7 +2,7 @@
 
 Every command exits with code 2 and one line on stderr (no traceback) on bad input:
 
-    >>> def main(argv=None): raise UsageError("no such file: x.bin")
+    >>> def main(argv=None): raise UserError("no such file: x.bin")
     >>> run(main)  # prints "error: no such file: x.bin", exits 2  # doctest: +SKIP
 """
 
@@ -17,19 +17,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 
-class UsageError(Exception):
-    """Bad user input: reported as one line, exit code 2."""
-
-
-# Errors that mean "the input was wrong", not "the program is broken".
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, ValueError)
+class UserError(ValueError):
+    """Bad user input (a flag, a config file, data, a checkpoint, a tokeniser, a model folder):
+    reported as one line naming the file (and line), exit code 2. Every other exception is a bug
+    and keeps its traceback. A ValueError, so that library callers may catch either."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, bad value) raise UsageError: one line, exit 2."""
+    """argparse whose errors (unknown flag, bad value) raise UserError: one line, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UserError(f"{self.prog}: {message}")
 
 
 def fail(message: str) -> NoReturn:
@@ -44,7 +42,7 @@ def run(
     """Call `main(argv)`; user errors become one line on stderr and exit code 2."""
     try:
         code = main(argv)
-    except USER_ERRORS as e:
+    except UserError as e:
         fail(str(e) or type(e).__name__)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

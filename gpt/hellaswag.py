@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt.checkpoint import is_checkpoint, load_model_dir, write_json_atomic
-from gpt.cli import UsageError, run
+from gpt.cli import UserError, run
 from gpt.model import GPT
 
 HELLASWAG_URL = (
@@ -56,7 +56,7 @@ ROW_TOKENS = 256  # packed rows hold at least this many tokens (longer when one 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class HellaSwagError(ValueError):
+class HellaSwagError(UserError):
     """The HellaSwag file is missing, cannot be fetched, or is malformed."""
 
 
@@ -530,7 +530,7 @@ def pick_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as e:
-        raise UsageError(f"bad --device {name!r}: {e}") from None
+        raise UserError(f"bad --device {name!r}: {e}") from None
 
 
 def load_ours(path: str, device: torch.device) -> LoadedModel:
@@ -541,11 +541,11 @@ def load_ours(path: str, device: torch.device) -> LoadedModel:
     tokeniser = get_tokeniser(meta.get("tokeniser") or "gpt2")
     expected = meta.get("tokeniser_fingerprint")
     if expected and expected != tokeniser.fingerprint:
-        raise UsageError(
+        raise UserError(
             f"{path}: the tokeniser {tokeniser.spec} is not the one it was trained with"
         )
     if tokeniser.n_vocab > model.config.vocab_size:
-        raise UsageError(
+        raise UserError(
             f"{path}: tokeniser has {tokeniser.n_vocab} tokens, "
             f"the model only {model.config.vocab_size}"
         )
@@ -573,7 +573,7 @@ def load_hf(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot load Hugging Face model {name!r}: {first}") from None
+        raise UserError(f"cannot load Hugging Face model {name!r}: {first}") from None
     bos = tokenizer.bos_token_id
     adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
     cfg = model.config
@@ -599,7 +599,7 @@ def load_any(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
         return load_ours(spec, device)
     p = Path(spec)
     if p.exists() and not (p / "config.json").is_file():
-        raise UsageError(f"{spec}: neither one of our checkpoints nor a Hugging Face model folder")
+        raise UserError(f"{spec}: neither one of our checkpoints nor a Hugging Face model folder")
     if not p.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise FileNotFoundError(f"no such model directory: {spec}")
     return load_hf(spec, device, dtype)
@@ -662,16 +662,16 @@ def resolve_data(data: str | None, split: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     data = resolve_data(args.data, args.split)
     examples = load_examples(data, args.limit)
     device = pick_device(args.device)
     dtype = DTYPES[args.dtype]
     lm = load_any(args.model, device, dtype)
     if args.seed_method and lm.kind != "ours":
-        raise UsageError("--seed-method applies to our checkpoints only")
+        raise UserError("--seed-method applies to our checkpoints only")
     items = encode_examples(examples, lm.encode_batch, lm.max_len, lm.prefix, lm.empty_ctx)
     score_fn: ScoreFn = score_hf_batch
     if lm.kind == "ours":

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gpt.checkpoint import is_checkpoint, load_model_dir, write_json_atomic
-from gpt.cli import run
+from gpt.cli import UserError, run
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.tokeniser import (
@@ -54,11 +54,11 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TKN_FILE = "tokeniser.tkn"
 
 
-class NotGPT2Error(ValueError):
+class NotGPT2Error(UserError):
     """The checkpoint is not a GPT-2 model this code can run (other type, damaged, variant)."""
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserError):
     """No such model directory, or a hub model that cannot be downloaded."""
 
 

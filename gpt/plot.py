@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt.cli import UsageError, run
+from gpt.cli import UserError, run
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -394,11 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if not args.runs and not args.reference:
-        raise UsageError("give at least one run directory (or --reference LOG)")
+        raise UserError("give at least one run directory (or --reference LOG)")
     out = args.out
     if out is None:
         if len(args.runs) != 1 or not args.runs[0].is_dir():
-            raise UsageError("--out is needed unless a single run directory is given")
+            raise UserError("--out is needed unless a single run directory is given")
         out = args.runs[0] / "plots"
     for path in plot_runs(args.runs, out, args.reference):
         print(path)

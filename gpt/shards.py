@@ -28,6 +28,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from gpt.cli import UserError
+
 MAGIC = b"GPTASHRD"
 FORMAT_VERSION = 1
 HEADER_BYTES = 64
@@ -51,7 +53,7 @@ MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data directory, shard or manifest that cannot be used; the message names the file."""
 
 

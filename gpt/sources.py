@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gpt.cli import UserError
+
 FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 FINEWEB_EDU_NAMES = ("sample-10BT", "sample-100BT", "sample-350BT")
 DEFAULT_NAME = "sample-10BT"
@@ -56,7 +58,7 @@ STDLIB_SKIP = frozenset(
 MIN_DOCSTRING_CHARS = 40  # shorter docstrings ("Return self.") carry no prose
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A source that cannot be read: the message names it and says what to do."""
 
 

@@ -44,6 +44,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: import the pack
 import tiktoken  # noqa: E402
 import tiktoken.load  # noqa: E402
 
+from gpt.cli import UserError
+
 # The pre-split patterns of tiktoken's r50k_base (GPT-2) and cl100k_base (GPT-4). GPT-4's is
 # written with `\p{N}{1,3}` where tiktoken has the possessive `\p{N}{1,3}+`: the same split for
 # tiktoken's engine, but Oniguruma (in `tokenizers`) reads `{1,3}+` as "one or more runs of 1-3".
@@ -65,7 +67,7 @@ GPT2_HOST = "openaipublic.blob.core.windows.net"
 GPT2_URLS = tuple(f"https://{GPT2_HOST}/gpt-2/encodings/main/{f}" for f in GPT2_FILES)
 
 
-class TokeniserError(ValueError):
+class TokeniserError(UserError):
     """A tokeniser cannot be built: missing or damaged files, bad settings (one clear line)."""
 
 
@@ -609,7 +611,6 @@ class _Lines:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train a GPTTokeniser on the first --docs documents of --source and write --out."""
-    from gpt.cli import UsageError
     from gpt.sources import add_source_args, documents_from_args
 
     parser = argparse.ArgumentParser(
@@ -626,14 +627,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="gpt.tkn", help="the .tkn file to write")
     args = parser.parse_args(argv)
     if args.docs < 1:
-        raise UsageError(f"--docs must be at least 1, got {args.docs}")
+        raise UserError(f"--docs must be at least 1, got {args.docs}")
     if args.vocab_size < 257:
-        raise UsageError(f"--vocab-size must be at least 257, got {args.vocab_size}")
+        raise UserError(f"--vocab-size must be at least 257, got {args.vocab_size}")
     out = Path(args.out)
     if out.suffix != ".tkn":
-        raise UsageError(f"--out must end in .tkn, got {args.out}")
+        raise UserError(f"--out must end in .tkn, got {args.out}")
     if not out.resolve().parent.is_dir():
-        raise UsageError(f"--out: folder {out.resolve().parent} does not exist")
+        raise UserError(f"--out: folder {out.resolve().parent} does not exist")
     docs = documents_from_args(args, max_docs=args.docs)
     tok = GPTTokeniser.train(docs, args.vocab_size, pattern=args.pattern, progress=True)
     tok.save(out)

@@ -124,5 +124,5 @@ def test_bad_settings_are_refused(
 def test_tokeniser_larger_than_the_model_is_refused(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
     save_model_dir(GPT(GPTConfig(block_size=16, vocab_size=512, n_layer=1, n_head=1, n_embd=8)),
                    tmp_path / "small", tokeniser_spec="gpt2")  # fmt: skip
-    with pytest.raises(inference.UsageError, match="50257 tokens but the model only 512"):
+    with pytest.raises(inference.UserError, match="50257 tokens but the model only 512"):
         inference.load(str(tmp_path / "small"), None, torch.device("cpu"))
