@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gpt.checkpoint import is_checkpoint, load_model_dir
-from gpt.cli import UserError, run
+from gpt.cli import ArgumentParser, UserError, run
 from gpt.hf import from_pretrained, hf_tokeniser_spec
 from gpt.model import GPT, check_sampling
 from gpt.tokeniser import Tokeniser, add_tokeniser_args, get_tokeniser
@@ -140,7 +140,7 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator | 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Sample text from a GPT-2 model.")
+    parser = ArgumentParser(description="Sample text from a GPT-2 model.")
     parser.add_argument(
         "--model",
         required=True,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gpt import distributed
-from gpt.cli import add_dataclass_args, explicit_values, fail, run
-from gpt.config import TRAIN_PRESETS, TrainConfig, train_preset
-from gpt.trainer import NonFiniteLossError, TrainResult, train
+from gpt.checkpoint import saved_train_config
+from gpt.cli import UserError, add_dataclass_args, explicit_values, fail, run
+from gpt.config import TRAIN_PRESETS, TrainConfig, resumed_config, train_preset
+from gpt.trainer import NonFiniteLossError, TrainResult, find_checkpoint, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,36 +62,53 @@ def bare_resume(argv: Sequence[str]) -> list[str]:
 
 
 def read_toml(path: str) -> dict[str, Any]:
-    """A config file's table (tomllib on Python >= 3.11, else the tomli package)."""
+    """A config file's table, keys spelt as TrainConfig fields (`max-lr` -> `max_lr`); tomllib on
+    Python >= 3.11, else the tomli package."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         try:
             import tomli as tomllib
         except ModuleNotFoundError:
-            raise ValueError("--config needs Python >= 3.11 or: pip install tomli") from None
+            raise UserError("--config needs Python >= 3.11 or: pip install tomli") from None
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+        raise UserError(f"--config {path}: no such file")
     try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: invalid TOML ({e})") from None
+        table = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: invalid TOML ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    return {key.replace("-", "_"): value for key, value in table.items()}
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
-    """(preset name, the TrainConfig of preset < config file < explicit flags)."""
+def resolve_config(args: argparse.Namespace) -> tuple[str, TrainConfig, list[str]]:
+    """(preset name, the run's TrainConfig, announcements of changed settings).
+
+    A new run: the preset < the config file < explicit flags. A resumed run (--resume): the
+    settings its checkpoint was saved with < the config file < explicit flags; the preset only
+    supplies the default --out, and every stated change is announced (see resumed_config).
+    """
     from_file = read_toml(args.config) if args.config else {}
     preset = args.preset or from_file.pop("preset", None) or "gpt2"
     from_file.pop("preset", None)
     if preset not in TRAIN_PRESETS:
-        raise ValueError(f"{args.config}: unknown preset {preset!r}")
+        raise UserError(f"{args.config}: unknown preset {preset!r}")
     if from_file:
         try:
             train_preset(preset, **from_file)
-        except ValueError as e:
-            raise ValueError(f"{args.config}: {e}") from None
-    return preset, train_preset(preset, **{**from_file, **explicit_values(args, TrainConfig)})
+        except UserError as e:
+            raise UserError(f"{args.config}: {e}") from None
+    flags = explicit_values(args, TrainConfig)
+    stated = {**from_file, **flags}
+    if stated.get("resume") is None:
+        return preset, train_preset(preset, **stated), []
+    out = stated.get("out", TRAIN_PRESETS[preset].get("out", TrainConfig.out))
+    checkpoint = find_checkpoint(out, stated["resume"])
+    origins = {k: "command line" if k in flags else f"config file {args.config}" for k in stated}
+    cfg, changes = resumed_config(saved_train_config(checkpoint), stated, origins, str(checkpoint))
+    return preset, cfg, changes
 
 
 def report(result: TrainResult) -> None:
@@ -104,8 +122,10 @@ def report(result: TrainResult) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(bare_resume(sys.argv[1:] if argv is None else argv))
-    preset, cfg = resolve_config(args)
+    preset, cfg, changes = resolve_config(args)
     env = distributed.setup(cfg.device)
+    for line in changes:
+        distributed.print0(line)
     try:
         if preset == "demo":
             from gpt.demo import run_demo
@@ -113,11 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(cfg, env=env)
         else:
             report(train(cfg, env))
-    except NonFiniteLossError as e:
+    except NonFiniteLossError as e:  # every rank sees the same all-reduced loss: all stop here
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
         distributed.cleanup()
+        return 1
+    except BaseException:
+        # This rank failed, perhaps alone while the others wait in a collective (rank 0 writing
+        # a checkpoint or the export): abort rather than leave the process group cleanly, so
+        # that their collectives fail at once and the job ends instead of hanging.
+        distributed.abort()
+        raise
+    distributed.cleanup()
     return 0
 
 

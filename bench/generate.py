@@ -110,9 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
-        raise UserError(
-            f"--batches must be integers separated by commas: {args.batches}"
-        ) from None
+        raise UserError(f"--batches must be integers separated by commas: {args.batches}") from None
     if min(batches) < 1 or args.rounds < 1 or args.new_tokens < 1 or args.prompt_len < 1:
         raise UserError("batch sizes, --rounds, --new-tokens and --prompt-len must be >= 1")
     if args.threads:

@@ -82,10 +82,10 @@ def load_results(model_dir: Path) -> ModelResults:
     subtasks: set[str] = set()
     for path in sorted(model_dir.rglob("results_*.json"), key=lambda p: p.name):
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
             found = {**data.get("groups", {}), **data["results"]}
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise ValueError(f"{path}: not an lm_eval results file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}: not an lm_eval results file") from None
         for task, values in found.items():
             metrics[task] = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         for children in data.get("group_subtasks", {}).values():

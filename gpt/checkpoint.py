@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt.cli import UserError
 from gpt.config import GPTConfig
+from gpt.dataloader import STATE_VERSION as LOADER_STATE_VERSION
 from gpt.model import GPT
 from gpt.shards import atomic_write
 
@@ -172,9 +174,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not cfg.is_file():
         raise CheckpointError(f"{path}: not a GPT-α checkpoint (no {CONFIG_FILE})")
     try:
-        meta = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg}: damaged JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{cfg}: cannot read ({e.strerror})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg}: damaged (not a JSON object)")
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{cfg}: not a GPT-α checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:
@@ -189,6 +195,8 @@ def resolve_tokeniser_spec(path: str | Path, meta: dict[str, Any]) -> str | None
     spec = meta.get("tokeniser")
     if spec is None or spec == "gpt2":
         return spec
+    if not isinstance(spec, str):
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: damaged (tokeniser {spec!r})")
     return str(Path(path) / spec) if not Path(spec).is_absolute() else spec
 
 
@@ -197,14 +205,29 @@ def load_weights(model: GPT, path: str | Path) -> None:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{path}: missing {WEIGHTS_FILE}")
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:  # a damaged or truncated file
+        raise CheckpointError(f"{weights}: damaged weights file ({e})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # torch reports tensors whose shapes differ from the config's
+        detail = str(e).strip().splitlines()[-1].strip()  # one "size mismatch for ..." line
+        raise CheckpointError(f"{weights}: weights do not match {CONFIG_FILE} ({detail})") from None
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: weights do not match the config (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
+
+
+def _model_config(path: str | Path, meta: dict[str, Any]) -> GPTConfig:
+    """The model shape recorded in a checkpoint's config.json (`meta`, from read_meta)."""
+    try:
+        return GPTConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, UserError) as e:  # absent, not an object, or bad values
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: bad model shape ({e})") from None
 
 
 def load_model_dir(
@@ -216,7 +239,7 @@ def load_model_dir(
     """
     path = Path(path)
     meta = read_meta(path)
-    model = GPT(GPTConfig.from_dict(meta["model"]))
+    model = GPT(_model_config(path, meta))
     load_weights(model, path)
     meta["tokeniser"] = resolve_tokeniser_spec(path, meta)
     return model.to(device).eval(), meta
@@ -308,14 +331,9 @@ def load_training_state(path: str | Path) -> TrainingState:
     for name in (OPTIMIZER_FILE, RNG_FILE, LOADER_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: missing {name}")
-    try:
-        optimizer = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        rng = torch.load(path / RNG_FILE, map_location="cpu", weights_only=True)
-        loader = json.loads((path / LOADER_FILE).read_text())
-    except (RuntimeError, EOFError, json.JSONDecodeError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path}: damaged training state ({e})") from None
-    if loader.get("version") != LOADER_VERSION:
-        raise CheckpointError(f"{path / LOADER_FILE}: version {loader.get('version')}")
+    optimizer = _read_torch_file(path / OPTIMIZER_FILE)
+    rng = _checked_rng_states(path / RNG_FILE, _read_torch_file(path / RNG_FILE))
+    loader = _read_loader_states(path / LOADER_FILE)
     try:
         return TrainingState(
             step=int(training["step"]),
@@ -324,11 +342,95 @@ def load_training_state(path: str | Path) -> TrainingState:
             world_size=int(training["world_size"]),
             train_config=dict(training["train_config"]),
             optimizer=optimizer,
-            loader=list(loader["ranks"]),
-            rng=list(rng),
+            loader=loader,
+            rng=rng,
         )
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: incomplete training state ({e})") from None
+
+
+# What torch.load(weights_only=True) raises on a damaged zip archive or pickle (ValueError also
+# covers a record that is not a number and bytes that are not UTF-8).
+DAMAGED_TORCH_FILE = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    pickle.UnpicklingError,
+)
+# What random, numpy and torch raise when asked to restore a damaged RNG state.
+DAMAGED_RNG_STATE = (
+    KeyError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+)
+
+
+def _read_torch_file(file: Path) -> Any:
+    """A torch.save file of tensors and plain types (weights_only), or CheckpointError naming it."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except DAMAGED_TORCH_FILE as e:
+        raise CheckpointError(f"{file}: damaged training state ({e})") from None
+
+
+def _read_loader_states(file: Path) -> list[dict[str, Any]]:
+    """Each rank's DataLoader state from loader.json, checked as far as the file alone allows
+    (the loader itself then checks that it reads the same data)."""
+    try:
+        loader = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{file}: damaged training state ({e})") from None
+    if not isinstance(loader, dict) or loader.get("version") != LOADER_VERSION:
+        version = loader.get("version") if isinstance(loader, dict) else None
+        raise CheckpointError(f"{file}: version {version!r}, this code reads {LOADER_VERSION}")
+    ranks = loader.get("ranks")
+    if not isinstance(ranks, list) or not all(_plausible_position(r) for r in ranks):
+        raise CheckpointError(f"{file}: damaged loader positions")
+    return ranks
+
+
+def _plausible_position(state: Any) -> bool:
+    """A loader state of this version whose epoch and position are integers in range."""
+    if not isinstance(state, dict) or state.get("version") != LOADER_STATE_VERSION:
+        return False
+    numbers = [state.get(k) for k in ("epoch", "position", "tokens_in_split")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return False
+    return state["position"] <= state["tokens_in_split"]
+
+
+def _checked_rng_states(file: Path, states: Any) -> list[dict[str, Any]]:
+    """Each rank's RNG states from rng.pt, tried: each is restored in turn and this process's own
+    states put back after, so that a damaged file fails here, naming it, not in the resumed run.
+    (CUDA states are not tried: they need the device.)"""
+    if not isinstance(states, list):
+        raise CheckpointError(f"{file}: damaged RNG state (not a list per rank)")
+    own = capture_rng_state()
+    try:
+        for state in states:
+            restore_rng_state(state)
+    except DAMAGED_RNG_STATE as e:
+        raise CheckpointError(f"{file}: damaged RNG state ({type(e).__name__}: {e})") from None
+    finally:
+        restore_rng_state(own)
+    return states
+
+
+def saved_train_config(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig (as a dict) a training checkpoint was written with: the base settings of
+    a run resumed from it."""
+    training = read_meta(path).get("training")
+    config = training.get("train_config") if isinstance(training, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a model directory, not a training checkpoint")
+    return config
 
 
 def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
@@ -392,14 +494,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint that RUN/checkpoints/best points to, or None."""
-    link = checkpoints_dir(run_dir) / BEST_LINK
-    target = link.resolve() if link.is_symlink() else None
-    return target if target is not None and is_checkpoint(target) else None
+    """The checkpoint that RUN/checkpoints/best points to, or None.
+
+    The path is given in the same form as `run_dir` (relative stays relative, a symlinked run
+    directory is not resolved), like every path `list_checkpoints` returns, so the two compare
+    equal whatever form --out takes.
+    """
+    root = checkpoints_dir(run_dir)
+    link = root / BEST_LINK
+    if not link.is_symlink():
+        return None
+    target = Path(os.readlink(link))
+    # Our links name a sibling folder; an absolute target (an older link) is kept as it is.
+    path = target if target.is_absolute() else root / target
+    return path if is_checkpoint(path) else None
 
 
 def mark_best(run_dir: str | Path, path: Path) -> None:
-    """Point RUN/checkpoints/best at `path` (a relative symlink, replaced atomically)."""
+    """Point RUN/checkpoints/best at `path`, a folder inside RUN/checkpoints: a relative symlink
+    (`best -> step_XXXXXXX`, valid wherever the run directory is moved or mounted), replaced
+    atomically."""
     root = checkpoints_dir(run_dir)
     tmp = root / f".{BEST_LINK}.tmp"
     tmp.unlink(missing_ok=True)
@@ -412,8 +526,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
     interrupted saves. Returns the deleted directories."""
     root = checkpoints_dir(run_dir)
     best = best_checkpoint(run_dir)
+    best_id = best.resolve() if best is not None else None
     found = list_checkpoints(run_dir)
-    doomed = [p for p in found[: max(len(found) - keep, 0)] if p != best]
+    doomed = [p for p in found[: max(len(found) - keep, 0)] if p.resolve() != best_id]
     for p in doomed:
         shutil.rmtree(p)
     for p in root.glob(f".{STEP_PREFIX}*"):

@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from gpt.cli import UserError
 
 
 @dataclass
@@ -45,9 +48,9 @@ class GPTConfig:
             "pad_vocab_multiple",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -68,7 +71,7 @@ class GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown GPTConfig keys: {', '.join(unknown)}")
+            raise UserError(f"unknown GPTConfig keys: {', '.join(unknown)}")
         return cls(**d)
 
 
@@ -88,7 +91,7 @@ MODEL_PRESETS: dict[str, GPTConfig] = {
 def model_preset(name: str, **overrides: int | float) -> GPTConfig:
     """Return a fresh copy of a named model preset, with optional field overrides."""
     if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
+        raise UserError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
     return dataclasses.replace(MODEL_PRESETS[name], **overrides)
 
 
@@ -150,7 +153,7 @@ class TrainConfig:
     val_tokens: int = 10_485_760
     """Validation budget in tokens (capped by the validation split)."""
     hellaswag: str = "auto"
-    """HellaSwag jsonl: a path, auto (HELLASWAG_FILE or the download cache) or off."""
+    """HellaSwag jsonl: a path, auto (HELLASWAG_FILE, else the cache, downloaded once) or off."""
     hellaswag_limit: int | None = None
     """Score only the first N HellaSwag examples (default: all 10,042)."""
     samples: int = 4
@@ -180,7 +183,7 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with ETA."""
     peak_flops: float | None = None
-    """Peak FLOP/s of one device for MFU (default: 989e12 on H100/H200, measured on CPU)."""
+    """Peak FLOP/s of one device for MFU (default: known GPUs' datasheet peak, measured on CPU)."""
     tensorboard: bool = False
     """Also log to TensorBoard (RUN/tensorboard; needs the tensorboard package)."""
     wandb: bool = False
@@ -192,24 +195,24 @@ class TrainConfig:
         positive = ("batch_size", "seq_len", "total_batch_size", "epochs", "eval_every")
         for name in positive + ("log_every", "pad_vocab_multiple", "keep"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "save_every", "samples", "sample_tokens", "sample_top_k"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+            raise UserError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.model not in MODEL_PRESETS:
-            raise ValueError(
+            raise UserError(
                 f"unknown model preset {self.model!r}; choose from {', '.join(MODEL_PRESETS)}"
             )
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cuda", "mps", "cpu"):
-            raise ValueError(f"device must be auto, cuda, mps or cpu, got {self.device!r}")
+            raise UserError(f"device must be auto, cuda, mps or cpu, got {self.device!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.max_lr <= 0:
-            raise ValueError(f"max_lr must be > 0, got {self.max_lr}")
+            raise UserError(f"max_lr must be > 0, got {self.max_lr}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,7 +224,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {', '.join(unknown)}")
+            raise UserError(f"unknown TrainConfig keys: {', '.join(unknown)}")
         return cls(**checked_types(cls, d))
 
 
@@ -239,7 +242,7 @@ def checked_types(cls: type, d: dict[str, Any]) -> dict[str, Any]:
         else:
             kinds = tuple(t for t in allowed if t is not type(None))
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise ValueError(f"{key}: expected {_type_name(allowed)}, got {value!r}")
+                raise UserError(f"{key}: expected {_type_name(allowed)}, got {value!r}")
             out[key] = value
     return out
 
@@ -327,8 +330,74 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings a resumed run keeps from its checkpoint: they fix the data order and the model. (The
+# number of ranks is fixed too: each rank's loader position is saved; see gpt/trainer.py.)
+RESUME_FIXED = (
+    "data",
+    "model",
+    "pad_vocab_multiple",
+    "batch_size",
+    "seq_len",
+    "total_batch_size",
+    "seed",
+)
+# Settings that only name where the run is and how to continue it: never reported as changes.
+RESUME_LOCATION = ("out", "resume")
+
+
+def same_setting(name: str, then: Any, now: Any) -> bool:
+    """Whether two values of a TrainConfig field are the same setting (data folders compare as
+    resolved paths, so `cache/x` and `./cache/x` are one folder)."""
+    if name == "data" and isinstance(then, str) and isinstance(now, str):
+        return Path(then).resolve() == Path(now).resolve()
+    return then == now
+
+
+def fixed_setting_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The RESUME_FIXED fields on which `now` differs from a checkpoint's `saved` settings.
+
+    >>> fixed_setting_changes({"seed": 1, "max_lr": 0.1}, {"seed": 2, "max_lr": 0.2})
+    ['seed']
+    """
+    return [
+        name
+        for name in RESUME_FIXED
+        if name in now and not same_setting(name, saved.get(name), now[name])
+    ]
+
+
+def resumed_config(
+    saved: dict[str, Any], stated: dict[str, Any], origins: dict[str, str], where: str
+) -> tuple[TrainConfig, list[str]]:
+    """The settings of a resumed run and one announcement per change.
+
+    `saved` is the TrainConfig a checkpoint (`where`) was written with; it is the base. `stated`
+    holds what the user stated explicitly now (flags, a config file), `origins` where each came
+    from ("command line", "config file run.toml"). Stated RESUME_FIXED settings must equal the
+    saved ones (UserError naming the setting); the others are laid over the saved ones, each
+    change announced as `resume: max_lr 0.003 -> 0.001 (command line)`.
+    """
+    fixed = fixed_setting_changes(saved, stated)
+    if fixed:
+        name = fixed[0]
+        raise UserError(
+            f"{name} {stated[name]!r} ({origins[name]}): {where} was trained with "
+            f"{name} {saved.get(name)!r}, and {name} fixes the data order or the model, so a "
+            "resumed run keeps it; leave it out, or start a new run with another --out"
+        )
+    changes = [
+        f"resume: {name} {saved.get(name)!r} -> {value!r} ({origins[name]})"
+        for name, value in stated.items()
+        if name not in RESUME_LOCATION and not same_setting(name, saved.get(name), value)
+    ]
+    try:
+        return TrainConfig.from_dict({**saved, **stated}), changes
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
 def train_preset(name: str, **overrides: Any) -> TrainConfig:
     """A named training recipe as a TrainConfig, with optional field overrides."""
     if name not in TRAIN_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
     return TrainConfig.from_dict({**TRAIN_PRESETS[name], **overrides})

@@ -174,12 +174,18 @@ class DataLoader:
         return np.random.default_rng([self.seed, *key])
 
     def _shard(self, shard: int) -> np.ndarray:
-        """The tokens of a shard (memmap), checked on first use: every document starts with eot."""
+        """The tokens of a shard (memmap), checked on first use: every document starts with eot,
+        and every id is in the vocabulary (a damaged id would fail deep in the embedding)."""
         if shard not in self._tokens:
             path = self.paths[shard]
             tokens = load_shard(path)
             if not np.all(tokens[load_doc_offsets(path)[:-1]] == self.eot):
                 raise DataError(f"{path}: damaged shard (a document does not start with eot)")
+            if tokens.size and int(tokens.max()) >= self.manifest["vocab_size"]:
+                raise DataError(
+                    f"{path}: damaged shard (token id {int(tokens.max())} is outside the "
+                    f"vocabulary of {self.manifest['vocab_size']} in {self.data_dir / MANIFEST})"
+                )
             self._tokens[shard] = tokens
         return self._tokens[shard]
 

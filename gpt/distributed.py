@@ -3,7 +3,8 @@
 Under `torchrun` (RANK, LOCAL_RANK and WORLD_SIZE in the environment) `setup()` joins the process
 group (NCCL on CUDA, gloo on CPU) and picks this rank's device; without torchrun it is a no-op
 returning rank 0 of 1. Only rank 0 prints and writes files (`print0`, `is_main`); every rank
-reaches every collective (`all_reduce_mean`, `all_gather_objects`, `barrier`).
+reaches every collective (`all_reduce_mean`, `all_gather_objects`, `barrier`); a rank that fails
+calls `abort`, so that the others' collectives fail at once instead of hanging.
 
     torchrun --standalone --nproc_per_node=8 train.py
 """
@@ -11,11 +12,16 @@ reaches every collective (`all_reduce_mean`, `all_gather_objects`, `barrier`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from gpt.cli import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,14 @@ class DistEnv:
 def resolve_device(name: str = "auto") -> torch.device:
     """ "auto" -> CUDA if available, else MPS, else CPU; anything else as given."""
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # torch refuses a string such as "cuda:x" or "gpu"
+            raise UserError(f"--device {name}: use auto, cuda, cuda:N, mps or cpu") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but CUDA is not available")
+            raise UserError("--device cuda asked for, but CUDA is not available")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("--device mps asked for, but MPS is not available")
+            raise UserError("--device mps asked for, but MPS is not available")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -69,7 +78,7 @@ def setup(device: str = "auto") -> DistEnv:
         torch.cuda.set_device(local_rank)
         base = torch.device("cuda", local_rank)
     elif base.type == "mps" and world_size > 1:
-        raise ValueError("multi-process training on MPS is not supported; use CUDA or CPU")
+        raise UserError("multi-process training on MPS is not supported; use CUDA or CPU")
     if not dist.is_initialized():
         backend = "nccl" if base.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
@@ -80,6 +89,18 @@ def cleanup() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def abort() -> None:
+    """Leave the process group at once after a failure on this rank, without waiting for the
+    other ranks: their pending and later collectives fail immediately (gloo: the connections
+    close; NCCL: the communicators are aborted), so the launcher ends the whole job instead of
+    the others waiting for the process-group timeout. A no-op outside a process group."""
+    if dist.is_initialized():
+        # PyTorch's abort, still private: destroy_process_group() may wait on pending NCCL work.
+        from torch.distributed.distributed_c10d import _abort_process_group
+
+        _abort_process_group()
 
 
 def is_main() -> bool:
@@ -117,6 +138,22 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decide_on_rank0(decide: Callable[[], T]) -> T:
+    """`decide()` run on rank 0 only, its answer on every rank: for whatever depends on one
+    node's files or environment, so that all ranks take the same path through the collectives.
+    A UserError raised by `decide` is raised on every rank (each exits with the same line)."""
+    answer: T | UserError | None = None
+    if is_main():
+        try:
+            answer = decide()
+        except UserError as e:
+            answer = e
+    answer = broadcast_object(answer)
+    if isinstance(answer, UserError):
+        raise answer
+    return answer  # type: ignore[return-value]
 
 
 def barrier() -> None:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt.checkpoint import is_checkpoint, load_model_dir, write_json_atomic
-from gpt.cli import UserError, run
+from gpt.cli import ArgumentParser, UserError, run
 from gpt.model import GPT
 
 HELLASWAG_URL = (
@@ -54,6 +54,9 @@ N_ENDINGS = 4
 DEFAULT_BATCH_SIZE = 16
 ROW_TOKENS = 256  # packed rows hold at least this many tokens (longer when one example needs it)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Seconds a download may wait to connect or for more data: offline (a firewall that drops
+# packets), training goes on without HellaSwag after this, not after minutes.
+DOWNLOAD_TIMEOUT_S = 10
 
 
 class HellaSwagError(UserError):
@@ -92,14 +95,17 @@ def download_split(split: str = "val", dest_dir: Path | None = None) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as response:
+        with (
+            os.fdopen(fd, "wb") as f,
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        ):
             shutil.copyfileobj(response, f)
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
         Path(tmp).unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
         raise HellaSwagError(
-            f"cannot download {url} ({reason}); fetch that file to {dest} or pass --data FILE"
+            f"cannot download {url} ({reason}); fetch that file to {dest}"
         ) from None
     return dest
 
@@ -111,17 +117,30 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[dict[str, 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such HellaSwag file: {path}")
+        raise HellaSwagError(f"no such HellaSwag file: {path}")
     examples: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and len(examples) >= limit:
-                break
-            if line.strip():
-                examples.append(_validated(line, f"{path}:{lineno}"))
+    for lineno, line in _numbered_lines(path):
+        if limit is not None and len(examples) >= limit:
+            break
+        if line.strip():
+            examples.append(_validated(line, f"{path}:{lineno}"))
     if not examples:
         raise HellaSwagError(f"{path}: no HellaSwag items")
     return examples
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) of a UTF-8 text file; HellaSwagError naming the file, and the
+    line that is not UTF-8 (decoded line by line: a text-mode file decodes ahead, in blocks)."""
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise HellaSwagError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise HellaSwagError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def _validated(line: str, where: str) -> dict[str, Any]:
@@ -140,7 +159,7 @@ def _validated(line: str, where: str) -> dict[str, Any]:
     ):
         raise HellaSwagError(f"{where}: 'endings' must be a list of {N_ENDINGS} strings")
     label = ex.get("label")
-    if isinstance(label, str) and label.isdigit():
+    if isinstance(label, str) and label.isascii() and label.isdigit():
         label = int(label)
     if not isinstance(label, int) or not 0 <= label < N_ENDINGS:
         raise HellaSwagError(f"{where}: 'label' must be 0-{N_ENDINGS - 1}, got {label!r}")
@@ -152,10 +171,12 @@ def _validated(line: str, where: str) -> dict[str, Any]:
 
 @dataclass
 class Encoded:
-    """One item as tokens: the (possibly left-truncated) context and the four endings."""
+    """One item as tokens: the context and the four endings, cut to fit the model's context."""
 
     ctx: list[int]
     endings: list[list[int]]
+    cut: bool = False
+    """Whether tokens were cut (see `fit_context`)."""
 
     @property
     def packed_len(self) -> int:
@@ -173,9 +194,11 @@ def encode_examples(
     prefix: Sequence[int] = (),
     empty_ctx: int = 0,
 ) -> list[Encoded]:
-    """Tokenise contexts and `" " + ending`s; the context loses tokens on the left when the longest
-    ending would not fit in `max_len`. `prefix` (a BOS token) starts every context; an empty context
-    becomes `[empty_ctx]`, so that the first ending token always has a position predicting it."""
+    """Tokenise contexts and `" " + ending`s, each item cut to fit `max_len` (`fit_context`).
+    `prefix` (a BOS token) starts every context; an empty context becomes `[empty_ctx]`, so that
+    the first ending token always has a position predicting it."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2 (a context token and an ending token): {max_len}")
     ctxs = encode_batch([ex["ctx"] for ex in examples])
     ends = encode_batch([" " + e for ex in examples for e in ex["endings"]])
     out = []
@@ -183,12 +206,30 @@ def encode_examples(
         endings = ends[N_ENDINGS * i : N_ENDINGS * (i + 1)]
         if min(len(e) for e in endings) == 0:
             raise HellaSwagError(f"item {i}: an ending encodes to no tokens")
-        longest = max(len(e) for e in endings)
-        if longest >= max_len:
-            raise HellaSwagError(f"item {i}: an ending of {longest} tokens exceeds {max_len - 1}")
-        ctx = [*prefix, *ctx] or [empty_ctx]
-        out.append(Encoded(ctx[-(max_len - longest) :], endings))
+        out.append(fit_context([*prefix, *ctx] or [empty_ctx], endings, max_len))
     return out
+
+
+def fit_context(ctx: list[int], endings: list[list[int]], max_len: int) -> Encoded:
+    """The item with its context followed by any ending within `max_len` positions.
+
+    As lm-evaluation-harness does, a sequence that is too long keeps its last tokens: the context
+    loses tokens on the left, the endings stay whole. The four endings share one context here, so it
+    is cut to fit the longest ending (the harness cuts per ending, and it keeps one token more: it
+    never feeds the final ending token, which our packed rows do). An ending longer than
+    max_len - 1 tokens, which the harness refuses (it asserts that a continuation fits), keeps its
+    last max_len - 1 tokens after the context's last token, and only those are scored: the rule of
+    "the last tokens that fit" again, so that a model with a short context still gets a score.
+
+    >>> fit_context([1, 2, 3, 4], [[5], [6, 7]], max_len=4)
+    Encoded(ctx=[3, 4], endings=[[5], [6, 7]], cut=True)
+    >>> fit_context([1, 2], [[5, 6, 7, 8, 9], [3]], max_len=4)
+    Encoded(ctx=[2], endings=[[7, 8, 9], [3]], cut=True)
+    """
+    kept = [end[-(max_len - 1) :] for end in endings]
+    ctx_room = max_len - max(len(end) for end in kept)  # >= 1
+    cut = len(ctx) > ctx_room or kept != endings
+    return Encoded(ctx[-ctx_room:], kept, cut)
 
 
 def _length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -440,7 +481,8 @@ METRICS = ("acc", "acc_norm", "acc_norm_bytes")
 def summarise(
     examples: Sequence[dict[str, Any]], items: Sequence[Encoded], ll: np.ndarray
 ) -> dict[str, Any]:
-    """n, the three accuracies and each item's predictions and log-likelihoods."""
+    """n, the three accuracies, how many items were cut to fit the model's context, and each
+    item's predictions and log-likelihoods."""
     preds = predictions(examples, items, ll)
     labels = np.array([ex["label"] for ex in examples])
     per_example = [
@@ -450,6 +492,7 @@ def summarise(
             **{f"pred_{m}": int(preds[m][i]) for m in METRICS},
             "loglik": [round(float(x), 6) for x in ll[i]],
             "ending_tokens": [len(e) for e in items[i].endings],
+            "cut": items[i].cut,
         }
         for i in range(len(examples))
     ]
@@ -457,6 +500,7 @@ def summarise(
     return {
         "n": n,
         **{m: float((preds[m] == labels).mean()) if n else 0.0 for m in METRICS},
+        "cut": sum(it.cut for it in items),
         "predictions": per_example,
     }
 
@@ -482,26 +526,32 @@ def evaluate(
 ) -> dict[str, float | int]:
     """Score our GPT (plain, DDP-wrapped or compiled) on `examples`, this rank's share of them
     (examples[rank::world_size]). Counts are summed over ranks with torch.distributed when
-    world_size > 1, so every rank gets the same n, acc, acc_norm and acc_norm_bytes, and every rank
-    must call this. Autocast, if any, is the caller's."""
+    world_size > 1, so every rank gets the same n, acc, acc_norm, acc_norm_bytes and cut (items cut
+    to fit the model's context, `fit_context`), and every rank must call this. Autocast, if any,
+    is the caller's."""
     gpt = unwrap(model)
     device = torch.device(device)
     mine = list(examples[rank::world_size])
-    counts = torch.zeros(1 + len(METRICS), dtype=torch.float64, device=device)
+    # (n, correct per metric..., cut): summed over ranks
+    counts = torch.zeros(2 + len(METRICS), dtype=torch.float64, device=device)
     if mine:
         items = _our_items(gpt, tokeniser, mine)
         ll = score_items(gpt, items, score_packed_batch, device=device, batch_size=batch_size)
         preds = predictions(mine, items, ll)
         labels = np.array([ex["label"] for ex in mine])
-        counts += torch.tensor(
-            [len(mine), *((preds[m] == labels).sum() for m in METRICS)], dtype=torch.float64
-        ).to(device)
+        correct = [(preds[m] == labels).sum() for m in METRICS]
+        cut = sum(it.cut for it in items)
+        counts += torch.tensor([len(mine), *correct, cut], dtype=torch.float64).to(device)
     if world_size > 1:
         import torch.distributed as dist
 
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n = int(counts[0].item())
-    return {"n": n, **{m: counts[j + 1].item() / max(n, 1) for j, m in enumerate(METRICS)}}
+    return {
+        "n": n,
+        **{m: counts[j + 1].item() / max(n, 1) for j, m in enumerate(METRICS)},
+        "cut": int(counts[-1].item()),
+    }
 
 
 # ----------------------------------------------------------------------------- models
@@ -601,7 +651,7 @@ def load_any(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
     if p.exists() and not (p / "config.json").is_file():
         raise UserError(f"{spec}: neither one of our checkpoints nor a Hugging Face model folder")
     if not p.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-        raise FileNotFoundError(f"no such model directory: {spec}")
+        raise UserError(f"no such model directory: {spec}")
     return load_hf(spec, device, dtype)
 
 
@@ -609,7 +659,7 @@ def load_any(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedModel
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="hellaswag.py",
         description="HellaSwag accuracy (acc, acc_norm, acc_norm_bytes) of one of our "
         "checkpoints or a Hugging Face causal LM.",
@@ -654,9 +704,15 @@ def resolve_data(data: str | None, split: str) -> Path:
     """--data if given, else HELLASWAG_FILE or the cache, else a download into the cache."""
     if data is not None:
         if not Path(data).is_file():
-            raise FileNotFoundError(f"no such HellaSwag file: {data}")
+            raise HellaSwagError(f"no such HellaSwag file: {data}")
         return Path(data)
-    return find_hellaswag_file(None, split) or download_split(split)
+    found = find_hellaswag_file(None, split)
+    if found is not None:
+        return found
+    try:
+        return download_split(split)
+    except HellaSwagError as e:
+        raise HellaSwagError(f"{e} or pass --data FILE") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -694,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{lm.name}: {result['n']} items, acc {result['acc']:.4f}, "
         f"acc_norm {result['acc_norm']:.4f} (mean token loss), "
         f"acc_norm_bytes {result['acc_norm_bytes']:.4f} (per byte, lm-eval's acc_norm); "
-        f"{result['n'] / seconds:.1f} items/s"
+        f"{result['cut']} cut to fit the context; {result['n'] / seconds:.1f} items/s"
     )
     if args.output:
         write_json_atomic(

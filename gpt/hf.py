@@ -40,6 +40,7 @@ from gpt.tokeniser import (
     GPT2_URLS,
     GPTTokeniser,
     Tokeniser,
+    TokeniserError,
     get_tokeniser,
 )
 
@@ -134,8 +135,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     model.safetensors.index.json), else pytorch_model.bin through weights_only=True."""
     index = folder / SAFETENSORS_INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = [folder / s for s in sorted(set(weight_map.values()))]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise NotGPT2Error(f"{index}: damaged index ({type(e).__name__}: {e})") from None
     elif (folder / WEIGHT_FILES[0]).is_file():
         files = [folder / WEIGHT_FILES[0]]
     elif (folder / WEIGHT_FILES[1]).is_file():
@@ -163,9 +167,11 @@ def load_hf_dir(folder: Path) -> GPT:
     if not config_file.is_file():
         raise ModelNotFoundError(f"{folder}: no config.json (not a Hugging Face model directory)")
     try:
-        hf_config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise NotGPT2Error(f"{config_file}: damaged JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise NotGPT2Error(f"{config_file}: damaged (not a JSON object)")
     config = config_from_hf(hf_config, str(config_file))
     state = {k: v.float().contiguous() for k, v in state_from_hf(read_weights(folder)).items()}
     with torch.device("meta"):
@@ -293,7 +299,7 @@ def gpt2_bpe_files(tokeniser: Tokeniser) -> tuple[Path, Path]:
     files = tuple(Path(cache) / hashlib.sha1(u.encode()).hexdigest() for u in GPT2_URLS)
     if all(f.is_file() for f in files):
         return files  # type: ignore[return-value]
-    raise FileNotFoundError(
+    raise TokeniserError(
         "GPT-2 tokenizer files (encoder.json, vocab.bpe) not found: set GPT2_BPE_DIR"
     )
 
@@ -383,7 +389,7 @@ def save_pretrained(
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = get_tokeniser(tokeniser) if isinstance(tokeniser, str) else tokeniser
     if tok is not None and tok.n_vocab > model.config.vocab_size:
-        raise ValueError(
+        raise TokeniserError(
             f"tokeniser {tok.name} has {tok.n_vocab} tokens, the model only "
             f"{model.config.vocab_size}"
         )

@@ -75,18 +75,19 @@ def parse_log_line(line: str) -> tuple[int, int, str, str]:
 
 
 def _events_from_text(path: Path) -> Iterable[tuple[int, int, str, Any]]:
-    with path.open(encoding="utf-8") as f:
+    # Bytes that are not UTF-8 become U+FFFD: such a line then fails to parse, naming its number.
+    with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 yield parse_log_line(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}: {line.strip()[:80]!r}") from None
+            except ValueError as e:  # parse_log_line's own, or int() of a bad number
+                raise UserError(f"{path}:{lineno}: {e}: {line.strip()[:80]!r}") from None
 
 
 def _events_from_jsonl(path: Path) -> Iterable[tuple[int, int, str, Any]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -94,7 +95,7 @@ def _events_from_jsonl(path: Path) -> Iterable[tuple[int, int, str, Any]]:
                 ev = json.loads(line)
                 yield int(ev["step"]), int(ev["tokens"]), str(ev["kind"]), ev["value"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise ValueError(
+                raise UserError(
                     f"{path}:{lineno}: expected a JSON object with step, tokens, kind, value"
                 ) from None
 
@@ -136,13 +137,16 @@ def load_run(path: Path, name: str | None = None) -> Run:
             if candidate.is_file():
                 run_ = load_run(candidate, name or path.name)
                 return Run(run_.name, path, run_.series)
-        raise FileNotFoundError(f"{path}: no metrics.jsonl or log.txt in this run directory")
+        raise UserError(f"{path}: no metrics.jsonl or log.txt in this run directory")
     if not path.is_file():
-        raise FileNotFoundError(f"no such run directory or log file: {path}")
+        raise UserError(f"no such run directory or log file: {path}")
     reader = _events_from_jsonl if path.suffix == ".jsonl" else _events_from_text
-    series = build_series(reader(path))
+    try:
+        series = build_series(reader(path))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not series:
-        raise ValueError(f"{path}: no train, val or HellaSwag events")
+        raise UserError(f"{path}: no train, val or HellaSwag events")
     return Run(name or path.stem, path, series)
 
 

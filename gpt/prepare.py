@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from gpt.cli import UserError
 from gpt.shards import (
     DTYPES,
     FORMAT_VERSION,
@@ -80,12 +81,12 @@ def prepare_dataset(
     """
     for flag, value in (("shard_size", shard_size), ("workers", workers)):
         if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+            raise UserError(f"{flag} must be >= 1, got {value}")
     for flag, value in (("val_tokens", val_tokens), ("max_docs", max_docs)):
         if value is not None and value < 0:
-            raise ValueError(f"{flag} must be >= 0, got {value}")
+            raise UserError(f"{flag} must be >= 0, got {value}")
     if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
     out_dir = Path(out_dir)
     tok = get_tokeniser(tokeniser_spec)
     settings = {

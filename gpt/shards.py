@@ -225,6 +225,8 @@ def read_manifest(data_dir: str | Path, *, allow_incomplete: bool = False) -> di
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: damaged manifest ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the manifest ({e.strerror})") from None
     _validate_manifest(manifest, path)
     if not manifest["complete"] and not allow_incomplete:
         raise DataError(
@@ -245,6 +247,8 @@ def _validate_manifest(manifest: Any, path: Path) -> None:
     for key, kind in MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             raise DataError(f"{path}: damaged manifest (field {key!r} missing or wrong type)")
+    if not 1 < manifest["vocab_size"] <= 2**32:  # the range token_dtype accepts
+        raise DataError(f"{path}: damaged manifest (vocab_size {manifest['vocab_size']!r})")
     if manifest["dtype"] not in DTYPES or manifest["dtype"] != token_dtype(manifest["vocab_size"]):
         raise DataError(f"{path}: damaged manifest (dtype {manifest['dtype']!r})")
     for shard in manifest["shards"]:

@@ -167,14 +167,18 @@ def local_files(path: Path) -> list[Path]:
 def iter_file(file: Path, *, text_field: str = "text") -> Iterator[str]:
     """Documents of one file, by its suffix."""
     suffix = file.suffix.lower()
-    if suffix == ".txt":
-        yield file.read_text(encoding="utf-8", errors="replace")
-    elif suffix in (".jsonl", ".json"):
-        yield from _iter_jsonl(file, text_field)
-    elif suffix == ".parquet":
-        yield from _iter_parquet(file, text_field)
-    else:
-        raise SourceError(f"{file}: unsupported file type (use one of {' '.join(LOCAL_SUFFIXES)})")
+    try:
+        if suffix == ".txt":
+            yield file.read_text(encoding="utf-8", errors="replace")
+        elif suffix in (".jsonl", ".json"):
+            yield from _iter_jsonl(file, text_field)
+        elif suffix == ".parquet":
+            yield from _iter_parquet(file, text_field)
+        else:
+            suffixes = " ".join(LOCAL_SUFFIXES)
+            raise SourceError(f"{file}: unsupported file type (use one of {suffixes})")
+    except OSError as e:  # unreadable (permissions), vanished, or a damaged parquet page
+        raise SourceError(f"{file}: cannot read ({e})") from None
 
 
 def _iter_jsonl(file: Path, text_field: str) -> Iterator[str]:
@@ -194,7 +198,8 @@ def _iter_jsonl(file: Path, text_field: str) -> Iterator[str]:
 
 def _iter_parquet(file: Path, text_field: str) -> Iterator[str]:
     try:
-        import pyarrow.parquet as pq  # heavy and optional; only this file type needs it
+        import pyarrow as pa  # heavy and optional; only this file type needs it
+        import pyarrow.parquet as pq
     except ImportError:
         raise SourceError(f"{file}: reading parquet needs pyarrow: pip install pyarrow") from None
 
@@ -205,10 +210,14 @@ def _iter_parquet(file: Path, text_field: str) -> Iterator[str]:
     if text_field not in pf.schema_arrow.names:
         fields = ", ".join(pf.schema_arrow.names)
         raise SourceError(f"{file}: no text column {text_field!r} (columns: {fields})")
-    for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
-        for text in batch.column(0).to_pylist():
-            if text is not None:
-                yield text
+    kind = pf.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SourceError(f"{file}: column {text_field!r} holds {kind}, not text")
+    try:
+        for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
+            yield from (text for text in batch.column(0).to_pylist() if text is not None)
+    except (pa.ArrowException, UnicodeDecodeError) as e:  # a damaged data page
+        raise SourceError(f"{file}: damaged parquet file ({e})") from None
 
 
 def iter_python_docs() -> Iterator[str]:

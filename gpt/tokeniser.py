@@ -592,7 +592,7 @@ class _Lines:
         return parts
 
     def int(self, s: str) -> int:
-        if not s.isdigit():
+        if not (s.isascii() and s.isdigit()):  # isdigit alone passes "²", which int() refuses
             self.bad(f"expected a number, found {s[:40]!r}")
         return int(s)
 

@@ -29,7 +29,7 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +40,46 @@ from torch import nn
 
 from gpt import checkpoint as ckpt
 from gpt import distributed
-from gpt.config import GPTConfig, TrainConfig, model_preset
+from gpt.cli import UserError
+from gpt.config import GPTConfig, TrainConfig, fixed_setting_changes, model_preset
 from gpt.dataloader import DataLoader
 from gpt.distributed import DistEnv
 from gpt.model import GPT
 from gpt.shards import read_manifest
 from gpt.tokeniser import Tokeniser, get_tokeniser
 
-# Dense bf16 peak of one device, for MFU (NVIDIA's datasheets; float32 runs use TF32 = half).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "A100": 312e12}
+# Peak FLOP/s of one GPU for MFU: (name fragment, dense bf16, dense TF32), from NVIDIA's
+# datasheets (dense: half the "with sparsity" figures; GeForce cards: FP16/BF16 with FP32
+# accumulate). Matched in this order against torch.cuda.get_device_name, so the more specific
+# fragments come first ("H100 PCIe" before "H100", "GH200" before "H200", "A100" before "A10",
+# "L40S" before "L40" before "L4"). Cards without bf16 (V100, T4) list their fp16 tensor peak
+# and plain fp32.
+GPU_PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
+    ("GH200", 989e12, 494.7e12),
+    ("H100 PCIe", 756.5e12, 378e12),
+    ("H100 NVL", 835.5e12, 417.5e12),
+    ("H100", 989.4e12, 494.7e12),  # SXM: "NVIDIA H100 80GB HBM3"
+    ("H200 NVL", 835.5e12, 417.5e12),
+    ("H200", 989.4e12, 494.7e12),  # SXM: "NVIDIA H200", "NVIDIA H200 141GB HBM3e"
+    ("H800 PCIe", 756.5e12, 378e12),
+    ("H800", 989.4e12, 494.7e12),
+    ("A100", 312e12, 156e12),  # SXM4 and PCIe alike
+    ("A800", 312e12, 156e12),
+    ("A10G", 125e12, 62.5e12),  # AWS's A10 variant: no datasheet of its own, taken as the A10
+    ("A10", 125e12, 62.5e12),
+    ("A40", 149.7e12, 74.8e12),
+    ("L40S", 362.05e12, 183e12),
+    ("L40", 181.05e12, 90.5e12),
+    ("L4", 121e12, 60e12),
+    ("RTX 6000 Ada", 364.2e12, 182.1e12),
+    ("A6000", 154.8e12, 77.4e12),  # "NVIDIA RTX A6000"
+    ("RTX 4090", 165.2e12, 82.6e12),
+    ("RTX 3090", 71e12, 35.6e12),
+    ("V100-SXM", 125e12, 15.7e12),
+    ("V100", 112e12, 14e12),  # PCIe
+    ("T4", 65e12, 8.1e12),
+)
 LOG_KINDS = ("train", "val", "hella", "ckpt")  # the seed's text log holds these
-# Settings a resumed run must share with its checkpoint: they fix the data order and the model.
-RESUME_FIXED = ("data", "model", "pad_vocab_multiple", "batch_size", "seq_len", "total_batch_size")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,7 +107,7 @@ def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
     """Micro-steps per optimizer step; total_batch_size must split exactly over the ranks."""
     per_micro = cfg.batch_size * cfg.seq_len * world_size
     if cfg.total_batch_size % per_micro:
-        raise ValueError(
+        raise UserError(
             f"total_batch_size {cfg.total_batch_size} is not a multiple of batch_size * seq_len * "
             f"world_size = {cfg.batch_size} * {cfg.seq_len} * {world_size} = {per_micro}"
         )
@@ -90,7 +118,7 @@ def default_max_steps(cfg: TrainConfig, train_tokens: int) -> int:
     """`epochs` passes over the training split, in whole optimizer steps."""
     steps = train_tokens * cfg.epochs // cfg.total_batch_size
     if steps < 1:
-        raise ValueError(
+        raise UserError(
             f"{cfg.data}: the training split ({train_tokens:,} tokens) is smaller than one "
             f"optimizer step ({cfg.total_batch_size:,} tokens); lower --total-batch-size"
         )
@@ -143,6 +171,17 @@ def configure_optimizer(
     )
 
 
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Put the run's AdamW settings on the parameter groups. A loaded optimizer state carries
+    the betas, eps and weight decay it was saved with; a resumed run uses its own settings (the
+    learning rate is set at every step). The groups are configure_optimizer's: decayed, then not.
+    """
+    for group, weight_decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0), strict=True):
+        group["betas"] = (cfg.beta1, cfg.beta2)
+        group["eps"] = cfg.eps
+        group["weight_decay"] = weight_decay
+
+
 def measure_matmul_flops(
     device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5
 ) -> float:
@@ -162,17 +201,34 @@ def measure_matmul_flops(
     return 2 * n**3 / best
 
 
+def gpu_peak_flops(name: str, dtype: torch.dtype) -> float | None:
+    """The datasheet peak of the GPU called `name` (torch.cuda.get_device_name) for autocast
+    `dtype`: dense bf16 (fp16 on cards without bf16), or TF32 for float32 runs; None if unknown.
+
+        >>> gpu_peak_flops("NVIDIA H100 PCIe", torch.bfloat16)
+        756500000000000.0
+    """
+    for fragment, low_precision, tf32 in GPU_PEAK_FLOPS:
+        if fragment in name:
+            return tf32 if dtype == torch.float32 else low_precision
+    return None
+
+
 def peak_flops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> float | None:
     """Peak FLOP/s of one device for MFU: --peak-flops, a datasheet figure for known GPUs, a
-    measurement on CPU (refined at each evaluation: see `refine_peak`), else None (no MFU)."""
+    measurement on CPU (refined at each evaluation: see `refine_peak`), else None (no MFU; on
+    an unknown GPU rank 0 prints one line saying so)."""
     if cfg.peak_flops is not None:
         return cfg.peak_flops
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_BF16_FLOPS.items():
-            if key in name:
-                return flops if dtype == torch.bfloat16 else flops / 2
-        return None
+        peak = gpu_peak_flops(name, dtype)
+        if peak is None:
+            distributed.print0(
+                f"MFU: not reported, no known peak for {name!r}; pass --peak-flops with the "
+                "card's dense bf16 (or, for float32 runs, TF32) FLOP/s, e.g. --peak-flops 312e12"
+            )
+        return peak
     if device.type == "cpu":
         return measure_matmul_flops(device)
     return None
@@ -255,7 +311,7 @@ def _tensorboard_writer(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError(
+        raise UserError(
             "--tensorboard needs the tensorboard package: pip install tensorboard"
         ) from None
     return SummaryWriter(str(log_dir))
@@ -265,7 +321,7 @@ def _wandb_run(cfg: TrainConfig, run_dir: Path) -> Any:
     try:
         import wandb
     except ImportError:
-        raise ValueError("--wandb needs the wandb package: pip install wandb") from None
+        raise UserError("--wandb needs the wandb package: pip install wandb") from None
     return wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=cfg.to_dict())
 
 
@@ -337,6 +393,8 @@ class Run:
     best_val_loss: float | None = None
     last_val_loss: float | None = None
     last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    """The checkpoint with the lowest validation loss, as saved by this run or its checkpoint."""
     resumed: bool = False
 
     @property
@@ -351,6 +409,7 @@ class Run:
 def train(cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
     """Run (or resume) a training run described by `cfg` on this rank."""
     env = env or distributed.setup(cfg.device)
+    cfg = distributed.broadcast_object(cfg)  # rank 0's settings, should the ranks' files differ
     run = build_run(cfg, env)
     try:
         loop(run)
@@ -363,7 +422,7 @@ def check_tokeniser(cfg: TrainConfig, manifest: dict[str, Any]) -> Tokeniser:
     """The run's tokeniser, which must be the one the data was prepared with."""
     tok = get_tokeniser(cfg.tokeniser)
     if tok.fingerprint != manifest["fingerprint"]:
-        raise ValueError(
+        raise UserError(
             f"--tokeniser {cfg.tokeniser} ({tok.name}, fingerprint {tok.fingerprint[:12]}) does "
             f"not match {cfg.data}, prepared with {manifest['tokeniser_name']} (fingerprint "
             f"{manifest['fingerprint'][:12]}); pass the tokeniser of the data"
@@ -375,19 +434,35 @@ def split_tokens(manifest: dict[str, Any], split: str) -> int:
     return sum(s["tokens"] for s in manifest["shards"] if s["split"] == split)
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from: None, the newest in --out (latest), or a path."""
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "latest":
-        path = ckpt.latest_checkpoint(cfg.out)
+def find_checkpoint(out: str | Path, resume: str) -> Path:
+    """The checkpoint `--resume` names: the newest in the run directory `out` (latest), or a
+    checkpoint directory."""
+    if resume == "latest":
+        path = ckpt.latest_checkpoint(out)
         if path is None:
-            raise ValueError(f"--resume latest: no checkpoint in {ckpt.checkpoints_dir(cfg.out)}")
+            raise UserError(f"--resume latest: no checkpoint in {ckpt.checkpoints_dir(out)}")
         return path
-    path = Path(cfg.resume)
+    path = Path(resume)
     if not ckpt.is_checkpoint(path):
-        raise ValueError(f"--resume {path}: not a checkpoint directory")
+        raise UserError(f"--resume {path}: not a checkpoint directory")
     return path
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """What rank 0 finds in the run directory, shared with every rank (nodes may see different
+    files, and every rank must take the same path through the collectives)."""
+
+    resume_from: Path | None
+    """The checkpoint to resume from (None: a new run)."""
+    holds_a_run: bool
+    """Whether the directory already has checkpoints."""
+
+
+def inspect_run_directory(cfg: TrainConfig) -> RunDirectory:
+    """What --out holds and which checkpoint --resume names (decided on rank 0)."""
+    resume_from = find_checkpoint(cfg.out, cfg.resume) if cfg.resume is not None else None
+    return RunDirectory(resume_from, bool(ckpt.list_checkpoints(cfg.out)))
 
 
 def check_resumable(
@@ -395,16 +470,15 @@ def check_resumable(
 ) -> None:
     """A run resumes only with the data order and model of its checkpoint."""
     if state.world_size != world_size:
-        raise ValueError(
+        raise UserError(
             f"{path} was written by {state.world_size} ranks; resume it with the same number "
             f"(now {world_size}) so that every rank's data position is restored"
         )
-    for name in RESUME_FIXED:
+    changed = fixed_setting_changes(state.train_config, cfg.to_dict())
+    if changed:
+        name = changed[0]
         then, now = state.train_config.get(name), getattr(cfg, name)
-        if name == "data":
-            then, now = str(Path(then).resolve()), str(Path(now).resolve())
-        if then != now:
-            raise ValueError(f"{path}: checkpoint has {name}={then!r}, this run {name}={now!r}")
+        raise UserError(f"{path}: checkpoint has {name}={then!r}, this run {name}={now!r}")
 
 
 def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
@@ -415,19 +489,20 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
         cfg.model, vocab_size=manifest["vocab_size"], pad_vocab_multiple=cfg.pad_vocab_multiple
     )
     if cfg.seq_len > model_config.block_size:
-        raise ValueError(
+        raise UserError(
             f"seq_len {cfg.seq_len} exceeds the {cfg.model} model's block_size "
             f"{model_config.block_size}"
         )
     accum = grad_accum_steps(cfg, env.world_size)
     max_steps = cfg.max_steps or default_max_steps(cfg, split_tokens(manifest, "train"))
     run_dir = Path(cfg.out)
-    resume_from = resolve_resume(cfg)
+    found = distributed.decide_on_rank0(lambda: inspect_run_directory(cfg))
+    resume_from = found.resume_from
     state = ckpt.load_training_state(resume_from) if resume_from else None
     if state is not None and resume_from is not None:
         check_resumable(cfg, state, resume_from, env.world_size)
-    elif ckpt.list_checkpoints(run_dir):
-        raise ValueError(
+    elif found.holds_a_run:
+        raise UserError(
             f"{run_dir} already holds a run with checkpoints: continue it with --resume, or "
             "choose another --out"
         )
@@ -436,11 +511,7 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     torch.manual_seed(cfg.seed)
-    model = GPT(model_config)
-    if resume_from is not None:
-        ckpt.load_weights(model, resume_from)
-    model.to(device)
-    train_model = wrap_model(model, cfg, env)
+    model, train_model = build_model(model_config, cfg, env, resume_from)
     optimizer = configure_optimizer(model, cfg, device, fused=False if cfg.fsdp else None)
 
     train_loader = DataLoader(
@@ -485,25 +556,150 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
     return run
 
 
+def build_model(
+    config: GPTConfig, cfg: TrainConfig, env: DistEnv, resume_from: Path | None
+) -> tuple[GPT, nn.Module]:
+    """The plain model on this rank's device, initialised (or loaded from resume_from), and
+    what the training step calls (see `wrap_model`).
+
+    Under FSDP the model is built on the meta device, sharded, and only then given memory and
+    weights, so no device ever holds the whole model: GPT's own initialisation, parameter by
+    parameter (`initialise_sharded`), or the checkpoint's weights, read whole into CPU memory
+    first (`load_sharded_weights`).
+    """
+    if not cfg.fsdp:
+        model = GPT(config)
+        if resume_from is not None:
+            ckpt.load_weights(model, resume_from)
+        model.to(env.device)
+        return model, wrap_model(model, cfg, env)
+    with torch.device("meta"):
+        model = GPT(config)
+    train_model = wrap_model(model, cfg, env)
+    model.to_empty(device=env.device)
+    if resume_from is not None:
+        load_sharded_weights(model, resume_from)
+    else:
+        initialise_sharded(model)
+    return model, train_model
+
+
+def apply_order(module: nn.Module) -> Iterator[nn.Module]:
+    """Modules in the order nn.Module.apply visits them: each one's children first."""
+    for child in module.children():
+        yield from apply_order(child)
+    yield module
+
+
+def on_full_parameters(
+    module: nn.Module, fn: Callable[[nn.Module], object], names: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """Run fn(module) with its own parameters `names` swapped for uninitialised full-size CPU
+    tensors (a sharded or meta parameter's global shape); those tensors, as fn left them."""
+    own = module._parameters
+    kept = {n: own[n] for n in names}
+    full = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in kept.items() if p is not None}
+    try:
+        own.update(full)  # type: ignore[arg-type]
+        fn(module)
+    finally:
+        own.update(kept)
+    return full
+
+
+@torch.no_grad()
+def initialise_sharded(model: GPT) -> None:
+    """Give a sharded model exactly the weights GPT(config) makes on one process.
+
+    GPT(config) draws from the global RNG twice over: each layer's constructor initialises
+    its parameters (nn.Linear's reset_parameters, ...), then GPT._init_weights overwrites them
+    in nn.Module.apply's order. Both passes are replayed here on full-size CPU tensors, one
+    module at a time, so the RNG advances exactly as on one process; the first pass's values
+    are thrown away, and after the second each rank copies its shard. The tied lm_head shares
+    wte's parameter, initialised once through wte, as in GPT's init.
+    """
+    from torch.distributed.tensor import distribute_tensor
+
+    for module in model.modules():  # registration order = construction order
+        if hasattr(module, "reset_parameters"):
+            on_full_parameters(module, lambda m: m.reset_parameters(), module._parameters)
+    done: set[int] = set()
+    for module in apply_order(model):
+        params = {n: p for n, p in module.named_parameters(recurse=False) if id(p) not in done}
+        if not params:
+            continue
+        full = on_full_parameters(module, model._init_weights, params)
+        for name, p in params.items():
+            # src_data_rank=None: every rank drew the same full tensor, no broadcast needed
+            shard = distribute_tensor(
+                full[name].to(p.device), p.device_mesh, p.placements, src_data_rank=None
+            )
+            p.to_local().copy_(shard.to_local())
+            done.add(id(p))
+
+
+def empty_model(config: GPTConfig, device: torch.device) -> GPT:
+    """A GPT with uninitialised weights on `device` (no time or RNG spent on an initialisation
+    that will be overwritten), its lm_head tied to wte as GPT's constructor ties them."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)  # new tensors per module: the tie is undone...
+    model.lm_head.weight = model.transformer.wte.weight  # ...and made again
+    return model
+
+
+def load_sharded_weights(model: GPT, path: Path) -> None:
+    """Load a checkpoint's weights into a sharded model: read and checked on CPU as for one
+    process (ckpt.load_weights), then each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = empty_model(model.config, torch.device("cpu"))
+    ckpt.load_weights(full, path)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, full.state_dict(), options=options)
+
+
 def wrap_model(model: GPT, cfg: TrainConfig, env: DistEnv) -> nn.Module:
-    """FSDP2 (per block, then the root) or DDP across ranks, then torch.compile if asked."""
+    """FSDP2 (per block, then the root) or DDP across ranks, and torch.compile if asked.
+
+    FSDP2: each block is compiled in place (module.compile() keeps parameter names) and then
+    sharded; on CUDA in bfloat16 the blocks compute with bf16 copies of the parameters and
+    reduce gradients in float32 (CPU/gloo runs stay float32). DDP: the DDP-wrapped module is
+    compiled, not the other way round, so that Dynamo sees DDP and its DDPOptimizer splits
+    the graph at DDP's gradient-bucket boundaries: each bucket's all-reduce then starts while
+    the backward of earlier layers still runs (a compiled module inside DDP would hand DDP all
+    its gradients at once, at the end of one backward graph).
+    """
     compile_on = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
     if cfg.fsdp:
         if not env.distributed:
-            raise ValueError("--fsdp needs several processes: launch with torchrun")
-        from torch.distributed.fsdp import fully_shard
+            raise UserError("--fsdp needs several processes: launch with torchrun")
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        policy = MixedPrecisionPolicy()
+        if env.device.type == "cuda" and autocast_dtype(cfg, env.device) == torch.bfloat16:
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
-        return torch.compile(model) if compile_on else model
-    wrapped: nn.Module = torch.compile(model) if compile_on else model
+            if compile_on:
+                block.compile()
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    wrapped: nn.Module = model
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [env.device.index] if env.device.type == "cuda" else None
-        wrapped = DDP(wrapped, device_ids=ids)
-    return wrapped
+        wrapped = DDP(model, device_ids=ids)
+    return torch.compile(wrapped) if compile_on else wrapped
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on `device`. For CUDA it is first copied to page-locked (pinned) memory, so
+    that the host-to-device copy runs asynchronously (non_blocking) behind the queued work."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def make_val_loader(
@@ -545,31 +741,60 @@ def restore(run: Run, state: ckpt.TrainingState, path: Path) -> None:
             options=StateDictOptions(full_state_dict=True),
         )
     elif not run.cfg.fsdp:
-        run.optimizer.load_state_dict(state.optimizer)
+        try:
+            run.optimizer.load_state_dict(state.optimizer)
+        except (ValueError, KeyError) as e:  # torch's words for "these groups do not fit"
+            raise ckpt.CheckpointError(
+                f"{path / ckpt.OPTIMIZER_FILE}: does not fit this model's optimizer ({e})"
+            ) from None
+    apply_optimizer_settings(run.optimizer, run.cfg)
     run.train_loader.load_state_dict(state.loader[run.env.rank])
     ckpt.restore_rng_state(state.rng[run.env.rank], run.device)
     run.step = state.step
     run.tokens = state.tokens
     run.best_val_loss = state.best_val_loss
+    run.best_checkpoint = ckpt.best_checkpoint(run.run_dir)
     run.last_checkpoint = path
     run.resumed = True
     run.log.print(f"resumed from {path} at step {state.step} ({state.tokens:,} tokens)")
 
 
 def load_hellaswag(run: Run) -> list[dict[str, Any]] | None:
-    """The HellaSwag examples to score during training, or None (one log line says why)."""
+    """The HellaSwag examples to score during training, or None (one log line says why).
+
+    Rank 0 alone finds (or downloads) and reads the file, and every rank receives its examples,
+    or its error, by broadcast: all ranks take the same path whatever files their node holds, so
+    they reach the same collectives, and a node without the file still scores its share."""
     if run.cfg.hellaswag == "off":
         return None
+    return distributed.decide_on_rank0(lambda: read_hellaswag(run))
+
+
+def read_hellaswag(run: Run) -> list[dict[str, Any]] | None:
+    """Rank 0's side of `load_hellaswag`: the examples, or None with one log line."""
     from gpt.hellaswag import find_hellaswag_file, load_examples
 
-    path = find_hellaswag_file(None if run.cfg.hellaswag == "auto" else run.cfg.hellaswag)
-    if path is None:
-        where = "HELLASWAG_FILE or the download cache" if run.cfg.hellaswag == "auto" else ""
-        run.log.print(
-            f"hellaswag: skipped, no data ({where or run.cfg.hellaswag}); pass --hellaswag FILE"
-        )
+    auto = run.cfg.hellaswag == "auto"
+    path = find_hellaswag_file(None if auto else run.cfg.hellaswag)
+    if path is None and auto:
+        path = download_hellaswag(run)
+    elif path is None:
+        run.log.print(f"hellaswag: skipped, no file {run.cfg.hellaswag}; pass --hellaswag FILE")
+    return None if path is None else load_examples(path, limit=run.cfg.hellaswag_limit)
+
+
+def download_hellaswag(run: Run) -> Path | None:
+    """The val split downloaded once into the cache (atomically), or None with one log line when
+    that fails (offline, or the cache cannot be written): the run goes on without HellaSwag."""
+    from gpt.hellaswag import download_split
+
+    try:
+        path = download_split("val")
+    except (UserError, OSError) as e:
+        run.log.print(f"hellaswag: skipped ({e}); pass --hellaswag FILE or set HELLASWAG_FILE")
         return None
-    return load_examples(path, limit=run.cfg.hellaswag_limit)
+    run.log.print(f"hellaswag: downloaded the val split to {path}")
+    return path
 
 
 def write_run_config(run: Run, manifest: dict[str, Any]) -> None:
@@ -640,7 +865,7 @@ def train_step(run: Run) -> None:
     loss_sum = torch.zeros((), device=device)
     for micro in range(run.accum):
         x, y = run.train_loader.next_batch()  # (B, T) int64 each
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device), to_device(y, device)
         with grad_sync(run, micro == run.accum - 1), autocast(device, run.dtype):
             _, loss = run.train_model(x, y)
         loss = loss / run.accum
@@ -715,7 +940,7 @@ def eval_model(run: Run) -> Iterator[GPT]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True))
-    copy = GPT(run.model_config).to(run.device)
+    copy = empty_model(run.model_config, run.device)
     copy.load_state_dict(state)
     copy.eval()
     yield copy
@@ -791,8 +1016,11 @@ def hellaswag(run: Run, model: GPT, tokens: int) -> None:
         acc=result["acc"],
         acc_norm_bytes=result["acc_norm_bytes"],
         n=result["n"],
+        cut=result["cut"],
     )
-    run.log.print(f"step {run.step:6d} | hellaswag acc_norm {result['acc_norm']:.4f}")
+    # Items longer than the model's context are scored cut from the left (gpt.hellaswag.fit_context)
+    cut = f" ({result['cut']} of {result['n']} cut to fit the context)" if result["cut"] else ""
+    run.log.print(f"step {run.step:6d} | hellaswag acc_norm {result['acc_norm']:.4f}{cut}")
 
 
 def sample(run: Run, model: GPT, tokens: int) -> None:
@@ -857,6 +1085,8 @@ def save(run: Run, best: bool) -> Path:
         run.log.print(f"step {run.step:6d} | saved {path}{' (best)' if best else ''}")
     distributed.barrier()
     run.last_checkpoint = path
+    if best:
+        run.best_checkpoint = path
     return path
 
 
@@ -893,7 +1123,7 @@ def _cpu(rng: dict[str, Any]) -> dict[str, Any]:
 
 def finish(run: Run) -> TrainResult:
     """Export the best checkpoint as a Hugging Face directory and plot the run (rank 0)."""
-    best = ckpt.best_checkpoint(run.run_dir) or ckpt.latest_checkpoint(run.run_dir)
+    best = run.best_checkpoint or ckpt.latest_checkpoint(run.run_dir)
     result = TrainResult(
         run_dir=run.run_dir,
         steps=run.max_steps,

@@ -18,10 +18,22 @@ from safetensors.torch import load_file
 
 from gpt import checkpoint as ckpt
 from gpt.config import TrainConfig
+from gpt.hf import from_pretrained
 from gpt.model import GPT
 from gpt.trainer import configure_optimizer, train
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# One rank's DataLoader.state_dict(), as a checkpoint stores it.
+LOADER_STATE = {
+    "version": 1,
+    "split": "train",
+    "seed": 1337,
+    "tokens_in_split": 9000,
+    "epoch": 0,
+    "position": 384,
+}
 
 
 def training_state(model: GPT, step: int = 3) -> ckpt.TrainingState:
@@ -36,7 +48,7 @@ def training_state(model: GPT, step: int = 3) -> ckpt.TrainingState:
         world_size=1,
         train_config={"batch_size": 4},
         optimizer=opt.state_dict(),
-        loader=[{"epoch": 0, "position": 384}],
+        loader=[LOADER_STATE],
         rng=[ckpt.capture_rng_state()],
     )
 
@@ -121,6 +133,54 @@ def test_prune_keeps_the_newest_and_the_best(tiny_config, tmp_path: Path) -> Non
     assert not stray.exists()
 
 
+@pytest.mark.parametrize("form", ["relative", "absolute", "through a symlink"])
+def test_the_best_checkpoint_survives_pruning(
+    form: str, tiny_train_data: Path, tmp_path: Path
+) -> None:
+    """A run whose validation gets worse after its best (the learning rate warms up to 1.0,
+    far too high for AdamW), checkpointing every 5 steps and keeping 1: whatever form --out
+    takes, the best checkpoint survives, `best` is a relative link to it, and the final report
+    and the export name it."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    out = {"relative": "runs/x", "absolute": str(tmp_path / "abs"), "through a symlink": "link/x"}
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--preset=tiny",
+        f"--data={tiny_train_data}",
+        f"--tokeniser={tiny_train_data / 'tokeniser.tkn'}",
+        f"--out={out[form]}",
+        "--max-steps=30",
+        "--eval-every=5",
+        "--save-every=5",
+        "--keep=1",
+        "--max-lr=1.0",
+        "--warmup-steps=30",
+        "--min-lr-ratio=1",
+        "--samples=0",
+        "--no-plot",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    )
+    run = tmp_path / out[form]
+    events = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    best_loss, best_step = min((e["value"], e["step"]) for e in events if e["kind"] == "val")
+    assert best_step < 30, "validation never got worse: the test shows nothing"
+    link = ckpt.checkpoints_dir(run) / ckpt.BEST_LINK
+    assert os.readlink(link) == f"step_{best_step:07d}"  # relative, inside checkpoints/
+    assert ckpt.is_checkpoint(link)
+    assert ckpt.list_checkpoints(run)[-1].name == "step_0000030"
+    named = f"{out[form]}/checkpoints/step_{best_step:07d}"
+    assert f"best {best_loss:.4f} ({named})" in done.stdout
+    assert f"exported {named} as a Hugging Face model" in done.stdout
+    exported = from_pretrained(run / "export").state_dict()
+    best_model, _ = ckpt.load_model_dir(link)
+    assert all(torch.equal(w, exported[k]) for k, w in best_model.state_dict().items())
+
+
 def test_resume_refuses_another_batch_geometry(tiny_run_config) -> None:
     cfg = tiny_run_config(max_steps=5, samples=0)
     train(cfg)
@@ -128,7 +188,9 @@ def test_resume_refuses_another_batch_geometry(tiny_run_config) -> None:
         train(tiny_run_config(max_steps=8, batch_size=2, resume="latest", samples=0))
 
 
-def train_command(data: Path, out: Path, *extra: str) -> list[str]:
+def train_command(data: Path, out: str | Path, *extra: str) -> list[str]:
+    """A tiny run whose settings differ from the `tiny` preset's (learning rate, schedule,
+    AdamW's betas and eps, cadence), so that a resume that fell back to the preset would show."""
     return [
         sys.executable,
         str(ROOT / "train.py"),
@@ -137,6 +199,12 @@ def train_command(data: Path, out: Path, *extra: str) -> list[str]:
         f"--tokeniser={data / 'tokeniser.tkn'}",
         f"--out={out}",
         "--max-steps=100",
+        "--max-lr=3e-3",
+        "--warmup-steps=7",
+        "--min-lr-ratio=0.2",
+        "--beta2=0.99",
+        "--eps=1e-6",
+        "--weight-decay=0.05",
         "--save-every=10",
         "--eval-every=50",
         "--keep=2",
@@ -154,14 +222,23 @@ def train_losses(run: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tiny_train_data: Path, tmp_path: Path) -> None:
-    """Kill a run with SIGKILL once it wrote a checkpoint, resume it with --resume, and get the
-    same per-step losses (and final weights) as an uninterrupted run, bit for bit."""
+    """Kill a run with SIGKILL once it wrote a checkpoint and resume it as a user would, from
+    the working directory with the relative --out and nothing else (`--out runs/x --resume`):
+    the saved settings come back, and the per-step losses, final weights and text log equal an
+    uninterrupted run's, bit for bit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(train_command(tiny_train_data, whole), env=env, check=True, capture_output=True)
+    whole, killed = tmp_path / "runs" / "whole", tmp_path / "runs" / "killed"
+    subprocess.run(
+        train_command(tiny_train_data, "runs/whole"),
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
     proc = subprocess.Popen(
-        train_command(tiny_train_data, killed),
+        train_command(tiny_train_data, "runs/killed"),
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -177,13 +254,15 @@ def test_resume_after_sigkill_is_bit_identical(tiny_train_data: Path, tmp_path: 
     assert 0 < resumed_at < 100
 
     out = subprocess.run(
-        train_command(tiny_train_data, killed, "--resume"),
+        [sys.executable, str(ROOT / "train.py"), "--out", "runs/killed", "--resume"],
+        cwd=tmp_path,
         env=env,
         check=True,
         capture_output=True,
         text=True,
     )
-    assert "resumed from" in out.stdout
+    assert "resumed from runs/killed/checkpoints/step_" in out.stdout
+    assert "resume:" not in out.stdout  # nothing was stated, so nothing changed
     assert train_losses(killed) == train_losses(whole)  # exact float equality
     assert len(train_losses(whole)) == 100
     a = load_file(str(ckpt.step_dir(whole, 100) / ckpt.WEIGHTS_FILE))

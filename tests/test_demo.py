@@ -32,6 +32,7 @@ def short_demo(tmp_path: Path, out: str, **overrides: object):
         "val_tokens": 1024,
         "sample_tokens": 8,
         "progress": False,
+        "hellaswag": "off",  # `auto` would download HellaSwag on a machine with network
     }
     cfg = train_preset("demo", **{**settings, **overrides})
     lines: list[str] = []

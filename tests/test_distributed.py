@@ -88,6 +88,13 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert values(run, "val") == pytest.approx(values(reference, "val"), abs=1e-4)
     ours, theirs = final_weights(run), final_weights(reference)
     for name, w in theirs.items():
+        if name.endswith("attn.c_attn.bias"):
+            # The key bias adds q.b_k to every score of a row, which softmax ignores: its exact
+            # gradient is 0, so it holds only AdamW's response to rounding noise (~1e-5 here,
+            # as large as its difference between runs). Compare the query and value thirds.
+            third = w.numel() // 3
+            w, ours[name] = w.clone(), ours[name].clone()
+            w[third : 2 * third] = ours[name][third : 2 * third] = 0
         rel = (ours[name] - w).norm() / w.norm().clamp_min(1e-12)
         assert rel < 1e-4, f"{name}: relative difference {rel:.2e}"
 

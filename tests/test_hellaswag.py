@@ -125,11 +125,50 @@ def test_encode_truncates_context_on_the_left() -> None:
     ex = {"ctx": "a bb ccc dddd eeeee", "endings": ["x", "yy zz", "x", "x"], "label": 0}
     [it] = hs.encode_examples([ex], encode, max_len=5)
     assert it.endings == [[1], [2, 2], [1], [1]]
-    assert it.ctx == [3, 4, 5]  # 3 + longest ending (2) = 5 positions
+    assert it.ctx == [3, 4, 5] and it.cut  # 3 + longest ending (2) = 5 positions
+    [whole] = hs.encode_examples([ex], encode, max_len=7)
+    assert whole.ctx == [1, 2, 3, 4, 5] and not whole.cut
     [empty] = hs.encode_examples([{**ex, "ctx": ""}], encode, max_len=5, empty_ctx=99)
-    assert empty.ctx == [99]
-    with pytest.raises(hs.HellaSwagError, match="exceeds"):
-        hs.encode_examples([ex], encode, max_len=2)
+    assert empty.ctx == [99] and not empty.cut
+    # an ending longer than max_len - 1 keeps its last tokens, after the context's last token
+    [short] = hs.encode_examples([ex], encode, max_len=2)
+    assert (short.ctx, short.endings, short.cut) == ([5], [[1], [2], [1], [1]], True)
+
+
+def _ids(texts: list[str]) -> list[list[int]]:
+    """A "tokeniser" of space-separated token ids, so that tests choose the tokens."""
+    return [[int(w) for w in t.split()] for t in texts]
+
+
+def test_items_longer_than_the_context_score_as_their_cut_sequence(tiny_config: GPTConfig) -> None:
+    """Items longer than the tiny model's 64 positions, some with an ending of 64+ tokens: the
+    packed scores equal plain forward passes on the cut sequences, written out here by the rule
+    (endings keep their last 63 tokens, the context the last tokens beside the longest ending)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config).double().eval()
+    S = tiny_config.block_size
+    rng = np.random.default_rng(5)
+
+    def text(n: int) -> str:
+        return " ".join(map(str, rng.integers(1, tiny_config.vocab_size, n)))
+
+    examples = [
+        {"ctx": text(int(rng.integers(1, 90))), "endings": [text(k) for k in sizes], "label": 0}
+        for sizes in ([3, 5, 1, 2], [10, 30, 20, 5], [70, 2, 4, 9], [1, 1, 1, 100], [2, 2, 2, 2])
+        for _ in range(2)
+    ]
+    items = hs.encode_examples(examples, lambda t: [[0, *ids] for ids in _ids(t)], S)
+    expected = []
+    for ex in examples:
+        ctx, ends = [0, *_ids([ex["ctx"]])[0]], [[0, *e] for e in _ids(ex["endings"])]
+        kept = [e[-(S - 1) :] for e in ends]
+        room = S - max(map(len, kept))
+        cut = len(ctx) + max(map(len, ends)) > S
+        expected.append(hs.Encoded(ctx[-room:], kept, cut))
+    assert items == expected
+    assert 0 < sum(it.cut for it in items) < len(items)
+    got = hs.score_items(model, items, hs.score_packed_batch, device=CPU, batch_size=3)
+    np.testing.assert_allclose(got, _reference_ll(model, expected), rtol=0, atol=1e-9)
 
 
 def test_predictions_hand_worked() -> None:
@@ -276,7 +315,7 @@ def test_our_checkpoint_matches_transformers(
         _check_results(result, examples, reference_ll)
     # evaluate(), what the trainer calls, agrees with the command
     metrics = hs.evaluate(_hf_to_ours(tiny_hf_gpt2_dir), tok, examples, batch_size=4)
-    assert metrics == pytest.approx({k: result[k] for k in ("n", *hs.METRICS)})
+    assert metrics == pytest.approx({k: result[k] for k in ("n", *hs.METRICS, "cut")})
 
 
 def test_hf_bos_follows_the_tokenizer(tiny_hf_gpt2_dir: Path, tmp_path: Path) -> None:
@@ -338,7 +377,7 @@ def test_evaluate_unwraps_a_wrapped_model(tiny_config: GPTConfig) -> None:
     full = hs.evaluate(_Wrapper(model), _FakeTokeniser(), examples, batch_size=4)
     items = hs.encode_examples(examples, _FakeTokeniser().encode_ordinary_batch, 64)
     expected = hs.summarise(examples, items, _reference_ll(model, items))
-    assert full == pytest.approx({k: expected[k] for k in ("n", *hs.METRICS)})
+    assert full == pytest.approx({k: expected[k] for k in ("n", *hs.METRICS, "cut")})
     with pytest.raises(TypeError, match="our GPT"):
         hs.evaluate(nn.Linear(2, 2), _FakeTokeniser(), examples)
 
@@ -387,7 +426,7 @@ def test_load_examples_validates(tmp_path: Path) -> None:
     (tmp_path / "junk.jsonl").write_text("{nope\n")
     with pytest.raises(hs.HellaSwagError, match="junk.jsonl:1: not JSON"):
         hs.load_examples(tmp_path / "junk.jsonl")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(hs.HellaSwagError, match="no such HellaSwag file"):
         hs.load_examples(tmp_path / "missing.jsonl")
 
 
@@ -422,6 +461,53 @@ def test_offline_error_names_file_and_flag(
     assert err.startswith("error: cannot download") and "\n" not in err
     assert str(tmp_path / "hellaswag_val.jsonl") in err and "--data" in err
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- during training
+
+
+def test_training_offline_skips_hellaswag_at_once(
+    tiny_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """--hellaswag auto with no file and no network (a closed local port): one line, and the
+    run goes on at once."""
+    from gpt.trainer import train
+
+    monkeypatch.delenv("HELLASWAG_FILE", raising=False)
+    monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hs, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_{split}.jsonl")
+    train(tiny_run_config(hellaswag="auto", max_steps=1, samples=0, save_every=0))
+    skipped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("hellaswag:")]
+    assert len(skipped) == 1 and "skipped" in skipped[0] and "127.0.0.1:9" in skipped[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").read_text().count('"hella"')
+
+
+def test_training_with_a_short_context_scores_cut_items(
+    shared_data: Path, tiny_train_data: Path, tmp_path: Path
+) -> None:
+    """`--model tiny` (64 positions) with a 512-token BPE, the first 20 real items: some are
+    longer than the context; the run completes and logs HellaSwag with how many were cut."""
+    from gpt.tokeniser import get_tokeniser
+
+    hellaswag = shared_data / "hellaswag" / "hellaswag_val.jsonl"
+    tkn = tiny_train_data / "tokeniser.tkn"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--preset=tiny", f"--data={tiny_train_data}"]
+    cmd += [f"--tokeniser={tkn}", "--out=run", "--max-steps=2", "--eval-every=2", "--samples=0"]
+    cmd += [f"--hellaswag={hellaswag}", "--hellaswag-limit=20", "--no-plot", "--no-export"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    hella = [e for e in map(json.loads, lines) if e["kind"] == "hella"]
+    # the items that do not fit, counted here from their token lengths
+    tok = get_tokeniser(str(tkn))
+    examples = hs.load_examples(hellaswag, limit=20)
+    ctxs = tok.encode_ordinary_batch([ex["ctx"] for ex in examples])
+    longest = [max(len(tok.encode_ordinary(" " + e)) for e in ex["endings"]) for ex in examples]
+    too_long = sum(len(c) + e > 64 for c, e in zip(ctxs, longest, strict=True))
+    assert too_long > 0
+    assert [(e["step"], e["n"], e["cut"]) for e in hella] == [(0, 20, too_long), (2, 20, too_long)]
+    assert f"({too_long} of 20 cut to fit the context)" in r.stdout
 
 
 @pytest.mark.parametrize(

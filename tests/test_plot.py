@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpt import plot
-from gpt.cli import run
+from gpt.cli import UserError, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -100,19 +100,19 @@ def test_run_dir_prefers_metrics_jsonl_then_log_txt(tmp_path: Path) -> None:
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no metrics.jsonl or log.txt"):
+    with pytest.raises(UserError, match="no metrics.jsonl or log.txt"):
         plot.load_run(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no such run directory"):
         plot.load_run(tmp_path / "missing")
     bad = tmp_path / "log.txt"
     bad.write_text("0 (100) train 9.0\nthis is not a log line\n")
-    with pytest.raises(ValueError, match=r"log.txt:2: "):
+    with pytest.raises(UserError, match=r"log.txt:2: "):
         plot.load_run(bad)
     (tmp_path / "m.jsonl").write_text('{"step": 1, "kind": "train"}\n')
-    with pytest.raises(ValueError, match=r"m.jsonl:1: "):
+    with pytest.raises(UserError, match=r"m.jsonl:1: "):
         plot.load_run(tmp_path / "m.jsonl")
     (tmp_path / "e.txt").write_text("0 (1) lr 0.001\n")
-    with pytest.raises(ValueError, match="no train, val or HellaSwag"):
+    with pytest.raises(UserError, match="no train, val or HellaSwag"):
         plot.load_run(tmp_path / "e.txt")
 
 

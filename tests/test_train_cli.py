@@ -12,8 +12,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
+from gpt import checkpoint as ckpt
+from gpt.cli import UserError
 from gpt.config import TRAIN_PRESETS, TrainConfig, train_preset
+from gpt.trainer import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,13 +35,18 @@ train_script = load_script()
 
 def resolve(*argv: str) -> tuple[str, TrainConfig]:
     args = train_script.build_parser().parse_args(train_script.bare_resume(argv))
-    return train_script.resolve_config(args)
+    preset, cfg, _ = train_script.resolve_config(args)
+    return preset, cfg
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *argv], capture_output=True, text=True, env=env
+        [sys.executable, str(ROOT / "train.py"), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -114,16 +123,88 @@ def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
         resolve("--config", str(bad_type))
     broken = tmp_path / "broken.toml"
     broken.write_text("max_lr = = 1\n")
-    with pytest.raises(ValueError, match="broken.toml: invalid TOML"):
+    with pytest.raises(UserError, match=r"broken.toml: invalid TOML \(.*line 1"):
         resolve("--config", str(broken))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="missing.toml: no such file"):
         resolve("--config", str(tmp_path / "missing.toml"))
 
 
-def test_bare_resume_means_latest() -> None:
-    assert resolve("--resume")[1].resume == "latest"
-    assert resolve("--resume", "--preset", "tiny")[1].resume == "latest"
-    assert resolve("--resume", "runs/x/checkpoints/step_0000100")[1].resume.endswith("0100")
+def tiny_run(data: Path, out: str, *extra: str) -> list[str]:
+    """Flags of a short tiny run on `data` into `out` (relative to the working directory)."""
+    return [
+        "--preset=tiny",
+        f"--data={data}",
+        f"--tokeniser={data / 'tokeniser.tkn'}",
+        f"--out={out}",
+        "--max-steps=6",
+        "--save-every=3",
+        "--samples=0",
+        "--no-export",
+        "--no-plot",
+        *extra,
+    ]
+
+
+def test_bare_resume_means_latest_of_the_run(
+    tiny_train_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert train_script.main(tiny_run(tiny_train_data, "runs/t", "--max-lr=0.004")) == 0
+    assert train_script.bare_resume(["--resume", "--out", "x"]) == ["--resume=latest", "--out", "x"]
+    cfg = resolve("--out", "runs/t", "--resume")[1]
+    assert (cfg.resume, cfg.max_lr, cfg.out, cfg.max_steps) == ("latest", 0.004, "runs/t", 6)
+    # a checkpoint named directly resumes into its own run directory
+    cfg = resolve("--resume", "runs/t/checkpoints/step_0000005")[1]
+    assert (cfg.resume, cfg.out) == ("runs/t/checkpoints/step_0000005", "runs/t")
+    with pytest.raises(UserError, match="--resume latest: no checkpoint in runs/none"):
+        resolve("--out", "runs/none", "--resume")
+
+
+def test_resume_announces_and_applies_each_stated_change(
+    tiny_train_data: Path, tmp_path: Path
+) -> None:
+    """Settings stated at resume time (flags, a config file) are laid over the saved ones, one
+    line each, and reach the optimizer: AdamW's restored state would otherwise keep its betas
+    and weight decay."""
+    first = run_cli(*tiny_run(tiny_train_data, "runs/t"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "more.toml").write_text("weight-decay = 0.2\nmax_steps = 9\n")
+    argv = ["--out", "runs/t", "--resume", "--config", "more.toml", "--max-lr", "0.005"]
+    resumed = run_cli(*argv, "--beta2", "0.99", "--max-steps", "10", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    announced = [line for line in resumed.stdout.splitlines() if line.startswith("resume:")]
+    assert sorted(announced) == [
+        "resume: beta2 0.95 -> 0.99 (command line)",
+        "resume: max_lr 0.01 -> 0.005 (command line)",
+        "resume: max_steps 6 -> 10 (command line)",  # the flag wins over the file
+        "resume: weight_decay 0.1 -> 0.2 (config file more.toml)",
+    ]
+    run = tmp_path / "runs" / "t"
+    optimizer = torch.load(
+        ckpt.step_dir(run, 10) / ckpt.OPTIMIZER_FILE, map_location="cpu", weights_only=True
+    )
+    decayed, plain = optimizer["param_groups"]
+    assert tuple(decayed["betas"]) == (0.9, 0.99) and decayed["eps"] == 1e-8
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.2, 0.0)
+    cfg = train_preset("tiny", max_lr=0.005, max_steps=10)
+    events = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    lrs = {e["step"]: e["lr"] for e in events if e["kind"] == "train"}
+    assert [lrs[s] for s in (6, 7, 8, 9)] == [lr_at(s, cfg, 10) for s in (6, 7, 8, 9)]
+    assert json.loads((run / "config.json").read_text())["train"]["beta2"] == 0.99
+
+
+@pytest.mark.parametrize(
+    ("flag", "setting"),
+    [("--batch-size=2", "batch_size"), ("--seed=7", "seed"), ("--model=demo", "model")],
+)
+def test_resume_refuses_a_setting_that_fixes_the_data_or_model(
+    flag: str, setting: str, tiny_train_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert train_script.main(tiny_run(tiny_train_data, "runs/t", "--max-steps=3")) == 0
+    result = run_cli("--out", "runs/t", "--resume", flag, cwd=tmp_path)
+    assert_one_line_error(result, f"{setting} ")
+    assert "a resumed run keeps it" in result.stderr
 
 
 def test_presets_are_valid_and_scaled() -> None:

@@ -1,0 +1,303 @@
+"""The GPU path in one command: training, generation, HellaSwag and resume, one table.
+
+    python bench/gpu.py              # one CUDA GPU, the gpt2 preset, about 5 minutes
+    python bench/gpu.py --smoke      # the same code on CPU with the tiny preset, in seconds
+
+Everything goes through the project's own functions: `train(TrainConfig)` for training (its
+metrics.jsonl gives tokens/s and MFU per step), `GPT.generate`, `gpt.hellaswag.evaluate`, and
+`--resume` for the resume check. The data are synthetic: random token ids, decoded to text and
+written by gpt/prepare.py into shards in a temporary directory (the loader wraps around them).
+
+Rows, on CUDA (the `gpt2` preset, bf16 autocast, batch 64 x 1024, 4 micro-steps per step):
+- train, compiled / train, eager: median tokens/s and MFU of the steps after the warm-up ones
+  (compilation happens in the first), and the peak of allocated GPU memory;
+- generate, batch 1 / batch 8: new tokens per second, after a warm-up call;
+- hellaswag: items per second over 200 items of HELLASWAG_FILE (or ../shared/data/hellaswag/),
+  synthetic items if there is no file (the row says so);
+- save + resume: a run saves at step N and goes on K steps; resuming from that checkpoint
+  repeats those K steps; the row says whether the K losses are identical.
+The GPT-2 encoding must be available (tiktoken's cache, the network, or GPT2_BPE_DIR; the
+shared data folder is used when present). Target (issue 9): >= 45% MFU on one H100/H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the package, not bench/ siblings
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench._common import machine, table  # noqa: E402
+from gpt import checkpoint as ckpt  # noqa: E402
+from gpt import hellaswag as hs  # noqa: E402
+from gpt.cli import UserError, run  # noqa: E402
+from gpt.config import TrainConfig  # noqa: E402
+from gpt.model import GPT  # noqa: E402
+from gpt.prepare import prepare_dataset  # noqa: E402
+from gpt.sources import iter_documents  # noqa: E402
+from gpt.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser  # noqa: E402
+from gpt.trainer import autocast, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one mode runs."""
+
+    device: str
+    dtype: str
+    model: str
+    batch_size: int
+    seq_len: int
+    accum: int
+    """Micro-steps per optimizer step."""
+    compiled_steps: int
+    eager_steps: int
+    warmup: int
+    """Steps left out of the medians (compilation, allocator warm-up)."""
+    resume: tuple[int, int]
+    """(N, K): save after N steps, then K more steps, compared after resuming."""
+    prompt: int
+    new_tokens: int
+    hellaswag_items: int
+    data_tokens: int
+    """Synthetic tokens written (the loader wraps around them)."""
+
+
+GPU = Setting("cuda", "bfloat16", "gpt2", 64, 1024, 4, 30, 10, 5, (3, 3), 16, 128, 200, 2_000_000)
+SMOKE = Setting("cpu", "float32", "tiny", 4, 32, 2, 4, 3, 1, (2, 2), 8, 16, 8, 20_000)
+
+
+def tokeniser_for(setting: Setting, work: Path) -> Tokeniser:
+    """GPT-2's encoding on the GPU (the gpt2 preset's real vocabulary); on the smoke run a
+    small BPE trained in a moment on the embedded python-docs corpus."""
+    if setting is GPU:
+        if (SHARED / "gpt2" / "vocab.bpe").is_file():
+            os.environ.setdefault("GPT2_BPE_DIR", str(SHARED / "gpt2"))
+        return get_tokeniser("gpt2")
+    tok = GPTTokeniser.train(iter_documents("python-docs", max_docs=10), 300)
+    tok.save(work / "smoke.tkn")
+    return get_tokeniser(str(work / "smoke.tkn"))
+
+
+def random_documents(tok: Tokeniser, tokens: int, seed: int = 0) -> Iterator[str]:
+    """Documents of 1,000 uniformly random token ids each (end-of-text excluded), as text."""
+    rng = np.random.default_rng(seed)
+    for _ in range(max(1, tokens // 1000)):
+        ids = rng.integers(0, tok.n_vocab, 1000)
+        yield tok.decode([int(i) for i in ids if i != tok.eot_token])
+
+
+def synthetic_data(setting: Setting, tok: Tokeniser, work: Path) -> Path:
+    """Shards of random tokens (train split only) written by gpt/prepare.py."""
+    data = work / "data"
+    docs = random_documents(tok, setting.data_tokens)
+    prepare_dataset(docs, data, tok.spec, shard_size=setting.data_tokens // 4, val_tokens=0,
+                    workers=1, progress=False)  # fmt: skip
+    return data
+
+
+def run_config(setting: Setting, data: Path, tok: Tokeniser, out: Path, **over: Any) -> TrainConfig:
+    """The benchmark's training run: no validation, HellaSwag, samples or export."""
+    fields: dict[str, Any] = {
+        "data": str(data),
+        "tokeniser": tok.spec,
+        "out": str(out),
+        "model": setting.model,
+        "device": setting.device,
+        "dtype": setting.dtype,
+        "batch_size": setting.batch_size,
+        "seq_len": setting.seq_len,
+        "total_batch_size": setting.batch_size * setting.seq_len * setting.accum,
+        "warmup_steps": setting.compiled_steps,
+        "eval_every": 10_000,
+        "hellaswag": "off",
+        "samples": 0,
+        "save_every": 0,
+        "export": False,
+        "plot": False,
+        "progress": False,
+        **over,
+    }
+    return TrainConfig(**fields)
+
+
+def quietly(fn: Callable[[], Any]) -> Any:
+    """fn() with its console lines kept back; they go to stderr if it fails."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            return fn()
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+
+
+def train_events(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["kind"] == "train"]
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> str:
+    """Peak allocated GPU memory since reset_peak; '-' on CPU (no allocator statistics)."""
+    if device.type != "cuda":
+        return "-"
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+
+
+def training_row(name: str, setting: Setting, cfg: TrainConfig, device: torch.device) -> list[str]:
+    """Train with `cfg`; one table row from its per-step log."""
+    reset_peak(device)
+    quietly(lambda: train(cfg))
+    steps = train_events(Path(cfg.out))[setting.warmup :]
+    tok_s = statistics.median(e["tok_s"] for e in steps)
+    mfus = [e["mfu"] for e in steps if "mfu" in e]
+    mfu = f"{100 * statistics.median(mfus):.1f}%" if mfus else "- (pass --peak-flops)"
+    note = (
+        f"{cfg.model} {cfg.dtype}, B={cfg.batch_size} T={cfg.seq_len} x {setting.accum} micro-"
+        f"steps; median of steps {setting.warmup}-{cfg.max_steps - 1}"
+    )
+    return [name, f"{tok_s:,.0f} tok/s", mfu, peak_memory(device), note]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generation_row(model: GPT, batch: int, setting: Setting, dtype: torch.dtype) -> list[str]:
+    """New tokens per second of GPT.generate for `batch` sequences (random prompts)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, setting.prompt), device=device,
+                           generator=generator)  # fmt: skip
+    with autocast(device, dtype):
+        model.generate(prompt, 4, top_k=50, generator=generator)  # warm-up
+        reset_peak(device)
+        start = time.perf_counter()
+        out = model.generate(prompt, setting.new_tokens, top_k=50, generator=generator)
+        synchronize(device)
+    seconds = time.perf_counter() - start
+    new = batch * (out.size(1) - setting.prompt)
+    note = f"{setting.prompt}-token prompts, {setting.new_tokens} new tokens, top-k 50"
+    return [f"generate, batch {batch}", f"{new / seconds:,.0f} tok/s", "-", peak_memory(device),
+            note]  # fmt: skip
+
+
+def hellaswag_examples(n: int, tok: Tokeniser) -> tuple[list[dict[str, Any]], str]:
+    """n HellaSwag items from HELLASWAG_FILE or the shared data, else n synthetic ones (random
+    text of about HellaSwag's lengths); and where they came from."""
+    found = hs.find_hellaswag_file(None)
+    shared = SHARED / "hellaswag" / "hellaswag_val.jsonl"
+    path = found or (shared if shared.is_file() else None)
+    if path is not None:
+        return hs.load_examples(path, limit=n), f"{n} items of {path.name}"
+    rng = np.random.default_rng(0)
+
+    def text(tokens: int) -> str:
+        return tok.decode([int(i) for i in rng.integers(0, tok.n_vocab, tokens)
+                           if i != tok.eot_token])  # fmt: skip
+
+    examples = [
+        {"ctx": text(40), "endings": [text(20) for _ in range(4)], "label": int(rng.integers(4))}
+        for _ in range(n)
+    ]
+    return examples, f"{n} synthetic items (no HellaSwag file: set HELLASWAG_FILE)"
+
+
+def hellaswag_row(model: GPT, tok: Tokeniser, setting: Setting, dtype: torch.dtype) -> list[str]:
+    """Items per second of gpt.hellaswag.evaluate (packed scoring) on this model."""
+    device = next(model.parameters()).device
+    examples, source = hellaswag_examples(setting.hellaswag_items, tok)
+    with autocast(device, dtype), torch.no_grad():
+        hs.evaluate(model, tok, examples[:4], device=device)  # warm-up
+        reset_peak(device)
+        start = time.perf_counter()
+        result = hs.evaluate(model, tok, examples, device=device)
+        synchronize(device)
+    seconds = time.perf_counter() - start
+    note = f"{source}; acc_norm {result['acc_norm']:.3f}"
+    return ["hellaswag", f"{result['n'] / seconds:,.1f} items/s", "-", peak_memory(device), note]
+
+
+def resume_row(setting: Setting, data: Path, tok: Tokeniser, out: Path, **over: Any) -> list[str]:
+    """Run N + K steps saving at N; resume from step N; are steps N..N+K-1 the same?"""
+    n, k = setting.resume
+    cfg = run_config(setting, data, tok, out, max_steps=n + k, save_every=n, **over)
+    quietly(lambda: train(cfg))
+    whole = [e["value"] for e in train_events(out)][n:]
+    resumed_cfg = run_config(setting, data, tok, out, max_steps=n + k, save_every=n,
+                             resume=str(ckpt.step_dir(out, n)), **over)  # fmt: skip
+    quietly(lambda: train(resumed_cfg))
+    again = [e["value"] for e in train_events(out)][n:]
+    same = again == whole
+    worst = max(abs(a - b) for a, b in zip(again, whole, strict=True))
+    verdict = "identical" if same else f"differ (max {worst:.2e})"
+    note = f"saved after step {n}, {k} more steps; losses of steps {n}-{n + k - 1} compared"
+    return ["save + resume", verdict, "-", "-", note]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, in seconds")
+    parser.add_argument(
+        "--peak-flops", type=float, default=None, help="the GPU's peak FLOP/s, if not a known card"
+    )
+    args = parser.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        raise UserError("no CUDA GPU here: run on a GPU machine, or --smoke for the CPU check")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setting = SMOKE if args.smoke else GPU
+    device = torch.device(setting.device)
+    dtype = torch.bfloat16 if setting.dtype == "bfloat16" else torch.float32
+    over = {} if args.peak_flops is None else {"peak_flops": args.peak_flops}
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="gpt-bench-gpu-") as tmp:
+        work = Path(tmp)
+        tok = tokeniser_for(setting, work)
+        data = synthetic_data(setting, tok, work)
+        compiled = run_config(setting, data, tok, work / "compiled",
+                              max_steps=setting.compiled_steps, compile=True, **over)  # fmt: skip
+        eager = run_config(setting, data, tok, work / "eager", max_steps=setting.eager_steps,
+                           compile=False, **over)  # fmt: skip
+        rows = [
+            training_row("train, compiled", setting, compiled, device),
+            training_row("train, eager", setting, eager, device),
+        ]
+        model, _ = ckpt.load_model_dir(ckpt.latest_checkpoint(work / "compiled"), device=device)
+        rows += [generation_row(model, b, setting, dtype) for b in (1, 8)]
+        rows.append(hellaswag_row(model, tok, setting, dtype))
+        del model
+        rows.append(resume_row(setting, data, tok, work / "resume", compile=True, **over))
+    print(table(["run", "throughput", "MFU", "peak memory", "notes"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
