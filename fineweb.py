@@ -4,8 +4,8 @@
     python fineweb.py --source python-docs     # offline: the docs inside Python
     python fineweb.py --source texts/ --tokeniser gpt.tkn --shard-size 10M --out cache/mine
 
-Interrupted, the same command resumes where it stopped. See gpt/prepare.py for the details and
-gpt/shards.py for the output format. The full sample-10BT gives 100 shards of 100M GPT-2 tokens
+Interrupted, the same command resumes where it stopped. See gpt/data/prepare.py for the details and
+gpt/data/shards.py for the output format. The full sample-10BT gives 100 shards of 100M GPT-2 tokens
 (the first is the val split), as the seed did.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from gpt.cli import UserError, run
-from gpt.prepare import prepare_dataset
-from gpt.sources import FINEWEB_EDU, add_source_args, documents_from_args, source_name
-from gpt.tokeniser import add_tokeniser_args
+from gpt.data.prepare import prepare_dataset
+from gpt.data.sources import FINEWEB_EDU, add_source_args, documents_from_args, source_name
+from gpt.data.tokeniser import add_tokeniser_args
 
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
 

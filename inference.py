@@ -20,9 +20,9 @@ import torch
 
 from gpt.checkpoint import is_checkpoint, load_model_dir
 from gpt.cli import ArgumentParser, UserError, run
+from gpt.data.tokeniser import Tokeniser, add_tokeniser_args, get_tokeniser
 from gpt.hf import from_pretrained, hf_tokeniser_spec
-from gpt.model import GPT, check_sampling
-from gpt.tokeniser import Tokeniser, add_tokeniser_args, get_tokeniser
+from gpt.model.gpt2 import GPT, check_sampling
 
 DEFAULT_PROMPT = "Hello, I'm a language model,"
 

@@ -24,7 +24,7 @@ from gpt import distributed
 from gpt.checkpoint import saved_train_config
 from gpt.cli import UserError, add_dataclass_args, explicit_values, fail, run
 from gpt.config import TRAIN_PRESETS, TrainConfig, resumed_config, train_preset
-from gpt.trainer import NonFiniteLossError, TrainResult, find_checkpoint, train
+from gpt.train.loop import NonFiniteLossError, TrainResult, find_checkpoint, train
 
 
 class Parser(argparse.ArgumentParser):

@@ -7,7 +7,7 @@ The data: synthetic GPT-2-sized token shards (uint16, documents of fineweb-like 
 starting with eot), written once in our format and as the seed's .npy files. Every loader reads
 one epoch of the train shards, construction and shard loading included; runs alternate (peers,
 ours) so that all meet the same load on a shared machine, best round kept.
-- ours, shuffled: `gpt.dataloader.DataLoader` (shard and document shuffling on, memory-mapped).
+- ours, shuffled: `gpt.data.loader.DataLoader` (shard and document shuffling on, memory-mapped).
 - ours, in order: the same loader on the same shards as a val split (no shuffling).
 - peer, sequential: build-nanogpt / seed style: np.load a shard, to int64 torch, slice views.
 - peer, seed shuffle: the same plus the seed's document shuffle (split at eot, shuffle, cat).
@@ -34,15 +34,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gpt.cli import UserError, run  # noqa: E402
-from gpt.dataloader import DataLoader  # noqa: E402
-from gpt.shards import (  # noqa: E402
+from gpt.data.loader import DataLoader  # noqa: E402
+from gpt.data.shards import (  # noqa: E402
     FORMAT_VERSION,
     MANIFEST,
     MANIFEST_FORMAT,
     shard_name,
-    write_json_atomic,
     write_shard,
 )
+from gpt.fsio import write_json_atomic  # noqa: E402
 
 EOT = 50256
 TARGET = 10e6

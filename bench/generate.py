@@ -32,7 +32,7 @@ from bench._common import machine, read_bandwidth, table, timed  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
-from gpt.model import GPT  # noqa: E402
+from gpt.model.gpt2 import GPT  # noqa: E402
 
 
 def build(config: GPTConfig, seed: int = 0) -> tuple[GPT, torch.nn.Module]:

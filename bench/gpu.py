@@ -6,7 +6,7 @@
 Everything goes through the project's own functions: `train(TrainConfig)` for training (its
 metrics.jsonl gives tokens/s and MFU per step), `GPT.generate`, `gpt.hellaswag.evaluate`, and
 `--resume` for the resume check. The data are synthetic: random token ids, decoded to text and
-written by gpt/prepare.py into shards in a temporary directory (the loader wraps around them).
+written by gpt/data/prepare.py into shards in a temporary directory (the loader wraps around them).
 
 Rows, on CUDA (the `gpt2` preset, bf16 autocast, batch 64 x 1024, 4 micro-steps per step):
 - train, compiled / train, eager: median tokens/s and MFU of the steps after the warm-up ones
@@ -43,14 +43,14 @@ import torch  # noqa: E402
 
 from bench._common import machine, table  # noqa: E402
 from gpt import checkpoint as ckpt  # noqa: E402
-from gpt import hellaswag as hs  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import TrainConfig  # noqa: E402
-from gpt.model import GPT  # noqa: E402
-from gpt.prepare import prepare_dataset  # noqa: E402
-from gpt.sources import iter_documents  # noqa: E402
-from gpt.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser  # noqa: E402
-from gpt.trainer import autocast, train  # noqa: E402
+from gpt.data.prepare import prepare_dataset  # noqa: E402
+from gpt.data.sources import iter_documents  # noqa: E402
+from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser  # noqa: E402
+from gpt.hellaswag import score as hs  # noqa: E402
+from gpt.model.gpt2 import GPT  # noqa: E402
+from gpt.train.loop import autocast, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -105,7 +105,7 @@ def random_documents(tok: Tokeniser, tokens: int, seed: int = 0) -> Iterator[str
 
 
 def synthetic_data(setting: Setting, tok: Tokeniser, work: Path) -> Path:
-    """Shards of random tokens (train split only) written by gpt/prepare.py."""
+    """Shards of random tokens (train split only) written by gpt/data/prepare.py."""
     data = work / "data"
     docs = random_documents(tok, setting.data_tokens)
     prepare_dataset(docs, data, tok.spec, shard_size=setting.data_tokens // 4, val_tokens=0,

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
-from gpt import hellaswag as hs  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import model_preset  # noqa: E402
-from gpt.model import GPT  # noqa: E402
+from gpt.hellaswag import score as hs  # noqa: E402
+from gpt.model.gpt2 import GPT  # noqa: E402
 
 
 def interleaved(
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("no HellaSwag file: pass --data FILE (or set HELLASWAG_FILE)")
     if (SHARED / "gpt2").is_dir():
         os.environ.setdefault("GPT2_BPE_DIR", str(SHARED / "gpt2"))
-    from gpt.tokeniser import get_tokeniser
+    from gpt.data.tokeniser import get_tokeniser
 
     tok = get_tokeniser("gpt2")
     device = hs.pick_device(args.device)

@@ -26,7 +26,7 @@ from bench._common import machine, median, table, timed  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
-from gpt.model import GPT  # noqa: E402
+from gpt.model.gpt2 import GPT  # noqa: E402
 
 
 def hf_model(config: GPTConfig, ours: GPT) -> torch.nn.Module:

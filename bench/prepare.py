@@ -37,9 +37,9 @@ from tiktoken_ext.openai_public import r50k_pat_str  # noqa: E402
 
 from bench._common import cycle_to  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
-from gpt.prepare import prepare_dataset  # noqa: E402
-from gpt.shards import load_shard  # noqa: E402
-from gpt.sources import iter_documents  # noqa: E402
+from gpt.data.prepare import prepare_dataset  # noqa: E402
+from gpt.data.shards import load_shard  # noqa: E402
+from gpt.data.sources import iter_documents  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -36,14 +36,14 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noq
 
 from bench._common import cycle_to  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
-from gpt.tokeniser import ENDOFTEXT, PATTERNS, GPTTokeniser, _bytes_to_unicode  # noqa: E402
+from gpt.data.tokeniser import ENDOFTEXT, PATTERNS, GPTTokeniser, _bytes_to_unicode  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def real_documents(shared: Path) -> list[str]:
     """Every distinct document we have: shared corpora, HellaSwag text, the python-docs source."""
-    from gpt.sources import iter_documents
+    from gpt.data.sources import iter_documents
 
     corpora = shared / "corpora"
     docs = (corpora / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n")

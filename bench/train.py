@@ -36,8 +36,8 @@ from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig, TrainConfig, model_preset  # noqa: E402
 from gpt.distributed import resolve_device  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
-from gpt.model import GPT  # noqa: E402
-from gpt.trainer import (  # noqa: E402
+from gpt.model.gpt2 import GPT  # noqa: E402
+from gpt.train.loop import (  # noqa: E402
     autocast,
     configure_optimizer,
     measure_matmul_flops,

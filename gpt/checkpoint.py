@@ -18,9 +18,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from gpt.cli import UserError
 from gpt.config import GPTConfig
-from gpt.dataloader import STATE_VERSION as LOADER_STATE_VERSION
-from gpt.model import GPT
-from gpt.shards import atomic_write
+from gpt.data.loader import STATE_VERSION as LOADER_STATE_VERSION
+from gpt.fsio import atomic_dir, write_json_atomic
+from gpt.model.gpt2 import GPT
 
 FORMAT_NAME = "gpt-alpha-checkpoint"
 FORMAT_VERSION = 1
@@ -45,20 +42,6 @@ TOKENISER_FILE = "tokeniser.tkn"
 
 class CheckpointError(UserError):
     """A checkpoint directory is missing, damaged or of another format."""
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON with sorted keys to `path` atomically (gpt.shards'
-    atomic_write: a temp file in the same folder, fsynced, then renamed)."""
-    with atomic_write(path) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def _umask() -> int:
-    """The process's umask (temp files are created 0600/0700; we give them the usual modes)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def model_state_for_saving(model: GPT) -> dict[str, torch.Tensor]:
@@ -102,48 +85,6 @@ def write_model_files(
         **(extra or {}),
     }
     write_json_atomic(out_dir / CONFIG_FILE, meta)
-
-
-@contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """A temp folder beside `out_dir` to fill; on success it replaces `out_dir` in one rename
-    (a reader sees the old directory or the new one, never a half-written one)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield tmp
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
-        _fsync_dir(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (and its files' data) to disk, where the OS allows it."""
-    for f in [*(p for p in path.iterdir() if p.is_file()), path]:
-        try:
-            fd = os.open(f, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 def save_model_dir(
@@ -235,7 +176,7 @@ def load_model_dir(
 ) -> tuple[GPT, dict[str, Any]]:
     """Load a checkpoint directory's model (eval mode) and its metadata.
 
-    The metadata's "tokeniser" is resolved to a spec that gpt.tokeniser.get_tokeniser accepts.
+    The metadata's "tokeniser" is resolved to a spec that gpt.data.tokeniser.get_tokeniser accepts.
     """
     path = Path(path)
     meta = read_meta(path)

@@ -331,7 +331,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 # Settings a resumed run keeps from its checkpoint: they fix the data order and the model. (The
-# number of ranks is fixed too: each rank's loader position is saved; see gpt/trainer.py.)
+# number of ranks is fixed too: each rank's loader position is saved; see gpt/train/loop.py.)
 RESUME_FIXED = (
     "data",
     "model",

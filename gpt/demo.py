@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from gpt.checkpoint import list_checkpoints, write_json_atomic
+from gpt.checkpoint import list_checkpoints
 from gpt.config import TrainConfig
+from gpt.data.prepare import prepare_dataset
+from gpt.data.shards import DataError, load_shard, read_manifest, split_shards
+from gpt.data.sources import iter_documents
+from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser
 from gpt.distributed import DistEnv, print0
-from gpt.prepare import prepare_dataset
-from gpt.shards import DataError, load_shard, read_manifest, split_shards
-from gpt.sources import iter_documents
-from gpt.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser
-from gpt.trainer import TrainResult, train
+from gpt.fsio import write_json_atomic
+from gpt.train.loop import TrainResult, train
 
 DEMO_SOURCE = "python-docs"
 DEMO_VOCAB = 4096

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -30,11 +29,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gpt.checkpoint import is_checkpoint, load_model_dir, write_json_atomic
+from gpt.checkpoint import is_checkpoint, load_model_dir
 from gpt.cli import UserError, run
 from gpt.config import GPTConfig
-from gpt.model import GPT
-from gpt.tokeniser import (
+from gpt.data.tokeniser import (
     ENDOFTEXT,
     GPT2_FILES,
     GPT2_URLS,
@@ -43,6 +41,8 @@ from gpt.tokeniser import (
     TokeniserError,
     get_tokeniser,
 )
+from gpt.fsio import atomic_path, copy_atomic, write_json_atomic, write_text_atomic
+from gpt.model.gpt2 import GPT
 
 # Conv1D weights, stored (in, out) by Hugging Face and (out, in) by nn.Linear.
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -271,19 +271,6 @@ def hf_config(model: GPT, eos_token: int | None) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call write(tmp) for a temp file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def gpt2_bpe_files(tokeniser: Tokeniser) -> tuple[Path, Path]:
     """GPT-2's encoder.json and vocab.bpe: the tokeniser's folder, GPT2_BPE_DIR, or the
     tiktoken download cache (files named by the sha1 of their URL)."""
@@ -349,17 +336,14 @@ def write_tokeniser_files(out_dir: Path, tokeniser: Tokeniser, block_size: int) 
     specials = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
     if tokeniser.spec == "gpt2":
         encoder, bpe = gpt2_bpe_files(tokeniser)
-        _write_atomic(out_dir / "vocab.json", lambda tmp: shutil.copyfile(encoder, tmp))
-        _write_atomic(out_dir / "merges.txt", lambda tmp: shutil.copyfile(bpe, tmp))
+        copy_atomic(encoder, out_dir / "vocab.json")
+        copy_atomic(bpe, out_dir / "merges.txt")
         tokenizer_class = "GPT2Tokenizer"
     elif isinstance(tokeniser, GPTTokeniser):
         spec = Path(tokeniser.spec)
-        _write_atomic(
-            out_dir / "tokenizer.json",
-            lambda tmp: Path(tmp).write_text(tokenizer_json(tokeniser), encoding="utf-8"),
-        )
+        write_text_atomic(out_dir / "tokenizer.json", tokenizer_json(tokeniser))
         if spec.is_file():
-            _write_atomic(out_dir / TKN_FILE, lambda tmp: shutil.copyfile(spec, tmp))
+            copy_atomic(spec, out_dir / TKN_FILE)
         tokenizer_class = "PreTrainedTokenizerFast"
     else:
         raise ValueError(f"cannot write Hugging Face tokenizer files for {tokeniser!r}")
@@ -394,9 +378,8 @@ def save_pretrained(
             f"{model.config.vocab_size}"
         )
     state = state_to_hf(model)
-    _write_atomic(
-        out_dir / WEIGHT_FILES[0], lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
-    )
+    with atomic_path(out_dir / WEIGHT_FILES[0]) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
     if tok is not None:
         write_tokeniser_files(out_dir, tok, model.config.block_size)
     eos = tok.eot_token if tok is not None else None

@@ -70,9 +70,9 @@ def tiny_train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     there, offline): a 512-token tokeniser trained on its first 40 documents, which are then
     tokenised into 20k-token shards (about 8k val and 90k train tokens). The tokeniser is
     DIR/tokeniser.tkn (the copy the manifest names)."""
-    from gpt.prepare import prepare_dataset
-    from gpt.sources import iter_documents
-    from gpt.tokeniser import GPTTokeniser
+    from gpt.data.prepare import prepare_dataset
+    from gpt.data.sources import iter_documents
+    from gpt.data.tokeniser import GPTTokeniser
 
     root = tmp_path_factory.mktemp("tiny_train_data")
     docs = list(iter_documents("python-docs", max_docs=40))

@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 
 from gpt import checkpoint as ckpt
 from gpt.config import TrainConfig
+from gpt.fsio import atomic_dir
 from gpt.hf import from_pretrained
-from gpt.model import GPT
-from gpt.trainer import configure_optimizer, train
+from gpt.model.gpt2 import GPT
+from gpt.train.loop import configure_optimizer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +112,7 @@ def test_a_failed_save_leaves_the_old_directory(tiny_config, tmp_path: Path) -> 
     model = GPT(tiny_config)
     out = ckpt.save_model_dir(model, tmp_path / "m")
     before = (out / ckpt.CONFIG_FILE).read_bytes()
-    with pytest.raises(RuntimeError), ckpt.atomic_dir(out) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
         (tmp / "partial").write_text("half")
         raise RuntimeError("disk full")
     assert (out / ckpt.CONFIG_FILE).read_bytes() == before

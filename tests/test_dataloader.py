@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.dataloader import DataLoader
-from gpt.prepare import prepare_dataset
-from gpt.shards import (
+from gpt.data.loader import DataLoader
+from gpt.data.prepare import prepare_dataset
+from gpt.data.shards import (
     FORMAT_VERSION,
     MANIFEST,
     MANIFEST_FORMAT,
     DataError,
     shard_name,
     token_dtype,
-    write_json_atomic,
     write_shard,
 )
-from gpt.tokeniser import GPTTokeniser
+from gpt.data.tokeniser import GPTTokeniser
+from gpt.fsio import write_json_atomic
 
 EOT = 0
 VOCAB = 2**20

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gpt.config import train_preset
+from gpt.data.shards import read_manifest
+from gpt.data.tokeniser import GPTTokeniser
 from gpt.demo import demo_documents, run_demo
-from gpt.shards import read_manifest
-from gpt.tokeniser import GPTTokeniser
 
 
 def short_demo(tmp_path: Path, out: str, **overrides: object):

@@ -15,7 +15,7 @@ import torch
 from gpt import checkpoint as ckpt
 from gpt import distributed
 from gpt.config import TrainConfig, train_preset
-from gpt.trainer import train
+from gpt.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from gpt import checkpoint as ckpt
-from gpt import hellaswag as hs
 from gpt.checkpoint import save_model_dir
 from gpt.config import model_preset
-from gpt.model import GPT
-from gpt.shards import read_shard_header
-from gpt.sources import SourceError, iter_file
+from gpt.data.shards import read_shard_header
+from gpt.data.sources import SourceError, iter_file
+from gpt.hellaswag import score as hs
+from gpt.model.gpt2 import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_FLAGS = ("--no-plot", "--no-export", "--samples", "0", "--hellaswag", "off")
@@ -157,21 +157,21 @@ def test_bad_sampling_flag_is_a_user_error(workdir: Path, model_dir: Path) -> No
 
 
 # fineweb.py with a bug planted in the test's own process (production code has no hook): the shard
-# writer is handed one document length too few, so gpt.shards.write_shard's internal consistency
-# check raises a plain ValueError, as it would for a real bug in gpt/prepare.py.
+# writer is handed one document length too few, so gpt.data.shards.write_shard's consistency
+# check raises a plain ValueError, as it would for a real bug in gpt/data/prepare.py.
 BUGGY_FINEWEB = """
 import runpy
 import sys
 
-import gpt.prepare
-from gpt.shards import write_shard
+import gpt.data.prepare
+from gpt.data.shards import write_shard
 
 
 def drop_last_document(path, pieces, lengths):
     write_shard(path, pieces, lengths[:-1])
 
 
-gpt.prepare.write_shard = drop_last_document
+gpt.data.prepare.write_shard = drop_last_document
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -15,8 +15,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from gpt import hellaswag as hs
 from gpt.cli import run
+from gpt.hellaswag import score as hs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PY = ROOT / "eval" / "eval_results.py"

@@ -12,7 +12,7 @@ import torch
 
 from gpt.config import GPTConfig
 from gpt.hf import state_to_hf
-from gpt.model import GPT, sample_next
+from gpt.model.gpt2 import GPT, sample_next
 
 CONFIG = GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32,
                    pad_vocab_multiple=64)  # fmt: skip

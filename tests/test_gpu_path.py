@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.model import GPT
-from gpt.trainer import gpu_peak_flops, train
+from gpt.model.gpt2 import GPT
+from gpt.train.loop import gpu_peak_flops, train
 from tests.test_distributed import (  # noqa: F401 (single_run is a fixture)
     ROOT,
     assert_same_run,
@@ -56,8 +56,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from gpt import distributed
 from gpt.config import model_preset, train_preset
-from gpt.model import GPT
-from gpt.trainer import build_model
+from gpt.model.gpt2 import GPT
+from gpt.train.loop import build_model
 
 env = distributed.setup("cpu")
 config = model_preset("tiny", vocab_size=500, pad_vocab_multiple=64)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from gpt import hellaswag as hs
 from gpt.checkpoint import save_model_dir
 from gpt.cli import run
 from gpt.config import GPTConfig
-from gpt.model import GPT
+from gpt.hellaswag import score as hs
+from gpt.model.gpt2 import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -303,7 +303,7 @@ def test_hf_model_matches_transformers(
 def test_our_checkpoint_matches_transformers(
     tiny_hf_gpt2_dir: Path, real_items: Path, reference_ll: np.ndarray, tmp_path: Path
 ) -> None:
-    from gpt.tokeniser import get_tokeniser
+    from gpt.data.tokeniser import get_tokeniser
 
     tok = get_tokeniser("gpt2")
     ckpt = save_model_dir(_hf_to_ours(tiny_hf_gpt2_dir), tmp_path / "ckpt", "gpt2", tok.fingerprint)
@@ -471,7 +471,7 @@ def test_training_offline_skips_hellaswag_at_once(
 ) -> None:
     """--hellaswag auto with no file and no network (a closed local port): one line, and the
     run goes on at once."""
-    from gpt.trainer import train
+    from gpt.train.loop import train
 
     monkeypatch.delenv("HELLASWAG_FILE", raising=False)
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "cache"))
@@ -487,7 +487,7 @@ def test_training_with_a_short_context_scores_cut_items(
 ) -> None:
     """`--model tiny` (64 positions) with a 512-token BPE, the first 20 real items: some are
     longer than the context; the run completes and logs HellaSwag with how many were cut."""
-    from gpt.tokeniser import get_tokeniser
+    from gpt.data.tokeniser import get_tokeniser
 
     hellaswag = shared_data / "hellaswag" / "hellaswag_val.jsonl"
     tkn = tiny_train_data / "tokeniser.tkn"

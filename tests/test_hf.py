@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from gpt.checkpoint import save_model_dir
 from gpt.config import GPTConfig
 from gpt.hf import ModelNotFoundError, NotGPT2Error, from_pretrained, main, save_pretrained
-from gpt.model import GPT
+from gpt.model.gpt2 import GPT
 
 transformers = pytest.importorskip("transformers")
 
@@ -147,7 +147,7 @@ def test_bare_gpt2model_bin_with_mask_buffers_loads(tmp_path: Path) -> None:
 
 
 def test_gpt2_tokenizer_files_load_in_transformers(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
-    from gpt.tokeniser import get_tokeniser
+    from gpt.data.tokeniser import get_tokeniser
 
     tok = get_tokeniser("gpt2")
     model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
@@ -161,7 +161,7 @@ def test_gpt2_tokenizer_files_load_in_transformers(tmp_path: Path, gpt2_bpe_dir:
 
 
 def test_custom_tokeniser_exports_a_fast_tokenizer(tmp_path: Path) -> None:
-    from gpt.tokeniser import GPTTokeniser
+    from gpt.data.tokeniser import GPTTokeniser
 
     docs = ["The quick brown fox jumps over the lazy dog. 1234 + 5678 = 6912!"] * 20
     docs += ["Ünïcödé naïve café, déjà vu; ?!  spaces\n\ttabs\n"] * 20

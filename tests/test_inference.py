@@ -14,7 +14,7 @@ import torch
 from gpt.checkpoint import save_model_dir
 from gpt.cli import run
 from gpt.config import GPTConfig
-from gpt.model import GPT
+from gpt.model.gpt2 import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -16,7 +16,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt.config import GPTConfig, model_preset
-from gpt.model import GPT
+from gpt.model.gpt2 import GPT
 
 
 def hf_param_count(config: GPTConfig) -> int:

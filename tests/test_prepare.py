@@ -23,8 +23,8 @@ import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from gpt.cli import run
-from gpt.prepare import CHUNK_DOCS, prepare_dataset
-from gpt.shards import (
+from gpt.data.prepare import CHUNK_DOCS, prepare_dataset
+from gpt.data.shards import (
     MANIFEST,
     TOKENISER_FILE,
     DataError,
@@ -33,7 +33,7 @@ from gpt.shards import (
     manifest_tokeniser_spec,
     read_manifest,
 )
-from gpt.tokeniser import GPTTokeniser, get_tokeniser
+from gpt.data.tokeniser import GPTTokeniser, get_tokeniser
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = [

@@ -9,22 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt.shards import (
+from gpt.data.shards import (
     FORMAT_VERSION,
     MANIFEST,
     MANIFEST_FORMAT,
     TOKENISER_FILE,
     DataError,
-    atomic_write,
     load_doc_offsets,
     load_shard,
     manifest_tokeniser_spec,
     read_manifest,
     read_shard_header,
     token_dtype,
-    write_json_atomic,
     write_shard,
 )
+from gpt.fsio import atomic_write, write_json_atomic
 
 
 def test_shard_bytes_match_a_hand_built_file(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt import sources
-from gpt.sources import (
+from gpt.data import sources
+from gpt.data.sources import (
     FINEWEB_EDU,
     SourceError,
     add_source_args,
@@ -198,7 +198,7 @@ def test_python_docs_is_deterministic_and_imports_nothing(python_docs: list[str]
     """A fresh interpreter yields the same documents, without importing the modules it reads."""
     n = 120
     code = (
-        "import hashlib, sys; from gpt.sources import iter_documents; "
+        "import hashlib, sys; from gpt.data.sources import iter_documents; "
         f"d = list(iter_documents('python-docs', max_docs={n})); "
         "print(hashlib.sha256('\\0'.join(d).encode()).hexdigest()); "
         "print(sorted({'this', 'antigravity', 'tkinter', 'smtplib', 'turtle'} & set(sys.modules)))"

@@ -1,5 +1,5 @@
-"""Tests of gpt/tokeniser.py: GPT-2 against `transformers`, our BPE against hand-worked merges, a
-pure-Python BPE and the `tokenizers` trainer, round trips, the .tkn format and the script.
+"""Tests of gpt/data/tokeniser.py: GPT-2 against `transformers`, our BPE against hand-worked
+merges, a pure-Python BPE and the `tokenizers` trainer, round trips, the .tkn format and the script.
 
     pytest tests/test_tokeniser.py -q
 """
@@ -22,7 +22,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt.tokeniser import (
+from gpt.data.tokeniser import (
     ENDOFTEXT,
     GPT2_PATTERN,
     GPT4_PATTERN,
@@ -150,7 +150,7 @@ def offline_env(cache_dir: Path) -> dict[str, str]:
 
 def test_gpt2_offline_without_files_fails_with_one_clear_line(tmp_path: Path):
     code = (
-        "from gpt.tokeniser import get_tokeniser, TokeniserError\n"
+        "from gpt.data.tokeniser import get_tokeniser, TokeniserError\n"
         "try:\n    get_tokeniser('gpt2')\nexcept TokeniserError as e:\n    print(e)\n"
     )
     result = run_python(code, offline_env(tmp_path))
@@ -164,7 +164,7 @@ def test_gpt2_offline_without_files_fails_with_one_clear_line(tmp_path: Path):
 
 def test_gpt2_unreachable_host_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Without a proxy, an unreachable host is reported before tiktoken's untimed download."""
-    import gpt.tokeniser as module
+    import gpt.data.tokeniser as module
 
     def unreachable(address: tuple[str, int], timeout: float) -> None:
         raise OSError("network is unreachable")
@@ -185,7 +185,7 @@ def test_gpt2_from_tiktokens_cache_equals_gpt2_from_folder(gpt2, gpt2_bpe_dir: P
     }
     for name, key in urls.items():
         shutil.copy(gpt2_bpe_dir / name, tmp_path / key)
-    code = "from gpt.tokeniser import get_tokeniser\nprint(get_tokeniser('gpt2').fingerprint)"
+    code = "from gpt.data.tokeniser import get_tokeniser\nprint(get_tokeniser('gpt2').fingerprint)"
     result = run_python(code, offline_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == gpt2.fingerprint
@@ -501,7 +501,9 @@ def test_merge_text_edit_is_caught(tok, tmp_path: Path):
 
 def run_script(args: list[str], *, module: bool = False) -> subprocess.CompletedProcess[str]:
     cmd = (
-        [sys.executable, "-m", "gpt.tokeniser"] if module else [sys.executable, "gpt/tokeniser.py"]
+        [sys.executable, "-m", "gpt.data.tokeniser"]
+        if module
+        else [sys.executable, "gpt/data/tokeniser.py"]
     )
     return subprocess.run(
         cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ)
@@ -509,7 +511,7 @@ def run_script(args: list[str], *, module: bool = False) -> subprocess.Completed
 
 
 def test_script_help():
-    pytest.importorskip("gpt.sources")
+    pytest.importorskip("gpt.data.sources")
     for module in (False, True):
         result = run_script(["--help"], module=module)
         assert result.returncode == 0, result.stderr
@@ -517,7 +519,7 @@ def test_script_help():
 
 
 def test_script_trains_on_a_local_folder(tmp_path: Path, shared_data: Path):
-    pytest.importorskip("gpt.sources")
+    pytest.importorskip("gpt.data.sources")
     texts = tmp_path / "texts"
     texts.mkdir()
     for i, doc in enumerate(documents(corpus_text(shared_data, 100_000))[:60]):
@@ -534,7 +536,7 @@ def test_script_trains_on_a_local_folder(tmp_path: Path, shared_data: Path):
     "args", [["--vocab-size", "100"], ["--docs", "0"], ["--out", "x.json"], ["--pattern", "gpt5"]]
 )
 def test_script_bad_input_is_one_line(args: list[str]):
-    pytest.importorskip("gpt.sources")
+    pytest.importorskip("gpt.data.sources")
     result = run_script(args)
     assert result.returncode == 2
     assert "error:" in result.stderr

@@ -17,7 +17,7 @@ import torch
 from gpt import checkpoint as ckpt
 from gpt.cli import UserError
 from gpt.config import TRAIN_PRESETS, TrainConfig, train_preset
-from gpt.trainer import lr_at
+from gpt.train.loop import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,10 +13,10 @@ import torch
 
 from gpt import checkpoint as ckpt
 from gpt.config import TrainConfig, model_preset, train_preset
-from gpt.dataloader import DataLoader
-from gpt.model import GPT
-from gpt.tokeniser import GPTTokeniser
-from gpt.trainer import (
+from gpt.data.loader import DataLoader
+from gpt.data.tokeniser import GPTTokeniser
+from gpt.model.gpt2 import GPT
+from gpt.train.loop import (
     NonFiniteLossError,
     configure_optimizer,
     grad_accum_steps,

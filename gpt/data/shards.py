@@ -18,17 +18,15 @@ let a loader shuffle documents without scanning for end-of-text tokens.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from gpt.cli import UserError
+from gpt.fsio import atomic_write
 
 MAGIC = b"GPTASHRD"
 FORMAT_VERSION = 1
@@ -95,36 +93,6 @@ def token_dtype(vocab_size: int) -> str:
     if vocab_size <= 2**32:
         return "uint32"
     raise ValueError(f"vocabulary size {vocab_size} does not fit in 32 bits")
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """A binary file object whose content replaces `path` only when the block succeeds: a temp
-    file in the same folder, flushed and fsynced, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically."""
-    with atomic_write(path) as f:
-        f.write((json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def write_shard(path: Path, pieces: Sequence[np.ndarray], doc_lengths: Sequence[int]) -> None:

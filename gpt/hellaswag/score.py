@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt.checkpoint import is_checkpoint, load_model_dir, write_json_atomic
+from gpt.checkpoint import is_checkpoint, load_model_dir
 from gpt.cli import ArgumentParser, UserError, run
-from gpt.model import GPT
+from gpt.fsio import write_json_atomic
+from gpt.model.gpt2 import GPT
 
 HELLASWAG_URL = (
     "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -585,7 +586,7 @@ def pick_device(name: str) -> torch.device:
 
 def load_ours(path: str, device: torch.device) -> LoadedModel:
     """One of our checkpoint directories, with the tokeniser named in it."""
-    from gpt.tokeniser import get_tokeniser
+    from gpt.data.tokeniser import get_tokeniser
 
     model, meta = load_model_dir(path, device=device)
     tokeniser = get_tokeniser(meta.get("tokeniser") or "gpt2")

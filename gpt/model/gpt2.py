@@ -34,7 +34,7 @@ from gpt.cli import UserError
 from gpt.config import GPTConfig
 
 if TYPE_CHECKING:
-    from gpt.tokeniser import Tokeniser
+    from gpt.data.tokeniser import Tokeniser
 
 
 class KVCache:

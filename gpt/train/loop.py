@@ -42,11 +42,12 @@ from gpt import checkpoint as ckpt
 from gpt import distributed
 from gpt.cli import UserError
 from gpt.config import GPTConfig, TrainConfig, fixed_setting_changes, model_preset
-from gpt.dataloader import DataLoader
+from gpt.data.loader import DataLoader
+from gpt.data.shards import read_manifest
+from gpt.data.tokeniser import Tokeniser, get_tokeniser
 from gpt.distributed import DistEnv
-from gpt.model import GPT
-from gpt.shards import read_manifest
-from gpt.tokeniser import Tokeniser, get_tokeniser
+from gpt.fsio import write_json_atomic, write_text_atomic
+from gpt.model.gpt2 import GPT
 
 # Peak FLOP/s of one GPU for MFU: (name fragment, dense bf16, dense TF32), from NVIDIA's
 # datasheets (dense: half the "with sparsity" figures; GeForce cards: FP16/BF16 with FP32
@@ -342,7 +343,7 @@ def truncate_logs(run_dir: Path, step: int) -> None:
                 continue
             if keep(record["step"], record["kind"]):
                 kept.append(line + "\n")
-        _rewrite(path, kept)
+        write_text_atomic(path, "".join(kept))
     path = run_dir / "log.txt"
     if path.is_file():
         kept = []
@@ -350,13 +351,7 @@ def truncate_logs(run_dir: Path, step: int) -> None:
             parts = line.split()
             if len(parts) == 4 and parts[0].isdigit() and keep(int(parts[0]), parts[2]):
                 kept.append(line + "\n")
-        _rewrite(path, kept)
-
-
-def _rewrite(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
+        write_text_atomic(path, "".join(kept))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -772,7 +767,7 @@ def load_hellaswag(run: Run) -> list[dict[str, Any]] | None:
 
 def read_hellaswag(run: Run) -> list[dict[str, Any]] | None:
     """Rank 0's side of `load_hellaswag`: the examples, or None with one log line."""
-    from gpt.hellaswag import find_hellaswag_file, load_examples
+    from gpt.hellaswag.score import find_hellaswag_file, load_examples
 
     auto = run.cfg.hellaswag == "auto"
     path = find_hellaswag_file(None if auto else run.cfg.hellaswag)
@@ -786,7 +781,7 @@ def read_hellaswag(run: Run) -> list[dict[str, Any]] | None:
 def download_hellaswag(run: Run) -> Path | None:
     """The val split downloaded once into the cache (atomically), or None with one log line when
     that fails (offline, or the cache cannot be written): the run goes on without HellaSwag."""
-    from gpt.hellaswag import download_split
+    from gpt.hellaswag.score import download_split
 
     try:
         path = download_split("val")
@@ -813,7 +808,7 @@ def write_run_config(run: Run, manifest: dict[str, Any]) -> None:
         "data": {"source": manifest["source"], "train_tokens": split_tokens(manifest, "train")},
         "parameters": run.model.num_params(),
     }
-    ckpt.write_json_atomic(run.run_dir / "config.json", resolved)
+    write_json_atomic(run.run_dir / "config.json", resolved)
     run.log.print(
         f"{run.cfg.model}: {run.model.num_params():,} parameters | {run.env.world_size} rank(s) "
         f"on {run.device}, {resolved['dtype']} | {run.max_steps} steps of "
@@ -996,7 +991,7 @@ def validation_loss(run: Run, model: GPT) -> float:
 
 def hellaswag(run: Run, model: GPT, tokens: int) -> None:
     """HellaSwag accuracy of the current model, its examples spread over the ranks."""
-    from gpt.hellaswag import evaluate as hellaswag_evaluate
+    from gpt.hellaswag.score import evaluate as hellaswag_evaluate
 
     assert run.hellaswag is not None
     with autocast(run.device, run.dtype):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt.shards import (
+from gpt.data.shards import (
     DTYPES,
     MANIFEST,
     SPLITS,

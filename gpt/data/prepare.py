@@ -34,22 +34,21 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt.cli import UserError
-from gpt.shards import (
+from gpt.data.shards import (
     DTYPES,
     FORMAT_VERSION,
     MANIFEST,
     MANIFEST_FORMAT,
     TOKENISER_FILE,
     DataError,
-    atomic_write,
     read_manifest,
     read_shard_header,
     shard_name,
     token_dtype,
-    write_json_atomic,
     write_shard,
 )
-from gpt.tokeniser import Tokeniser, get_tokeniser
+from gpt.data.tokeniser import Tokeniser, get_tokeniser
+from gpt.fsio import atomic_write, write_json_atomic
 
 CHUNK_DOCS = 1024  # documents per task sent to a worker, at most
 CHUNK_BYTES = 256 * 1024  # text per task, at most (a little more: the last document is whole)

@@ -1,7 +1,7 @@
 """Tokenisers: tiktoken's GPT-2 encoding (works offline) and our fast byte-level BPE (`.tkn`).
 
-    python gpt/tokeniser.py --source fineweb-edu --docs 10000 --vocab-size 50257 --out gpt.tkn
-    python -m gpt.tokeniser --source path/to/texts --vocab-size 4096 --pattern gpt2 --out small.tkn
+    python gpt/data/tokeniser.py --source fineweb-edu --docs 10000 --vocab-size 50257 --out gpt.tkn
+    python -m gpt.data.tokeniser --source texts/ --vocab-size 4096 --pattern gpt2 --out small.tkn
 
 Every tokeniser is a `Tokeniser` built by `get_tokeniser(spec)`, where spec is "gpt2" or the path
 of a `.tkn` file. It offers tiktoken's names (`encode`, `encode_ordinary`,
@@ -270,7 +270,7 @@ def add_tokeniser_args(parser: argparse.ArgumentParser) -> None:
         default="gpt2",
         metavar="SPEC",
         help="'gpt2' (tiktoken's GPT-2 encoding) or the path of a .tkn file "
-        "written by gpt/tokeniser.py (default: gpt2)",
+        "written by gpt/data/tokeniser.py (default: gpt2)",
     )
     group.add_argument(
         "--gpt2-bpe-dir",
@@ -611,10 +611,10 @@ class _Lines:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train a GPTTokeniser on the first --docs documents of --source and write --out."""
-    from gpt.sources import add_source_args, documents_from_args
+    from gpt.data.sources import add_source_args, documents_from_args
 
     parser = argparse.ArgumentParser(
-        prog="python gpt/tokeniser.py",
+        prog="python gpt/data/tokeniser.py",
         description="Train a byte-level BPE tokeniser (.tkn) on the first documents of a source.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

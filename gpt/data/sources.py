@@ -2,7 +2,7 @@
 
 Every source is an iterator of document strings, read lazily so that nothing is held in memory:
 
-    >>> from gpt.sources import iter_documents
+    >>> from gpt.data.sources import iter_documents
     >>> docs = list(iter_documents("python-docs", max_docs=2))  # doctest: +SKIP
 
 Sources:
