@@ -18,24 +18,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from gpt import distributed
-from gpt.checkpoint import saved_train_config
-from gpt.cli import UserError, add_dataclass_args, explicit_values, fail, run
+from gpt.cli import ArgumentParser, UserError, add_dataclass_args, explicit_values, run
 from gpt.config import TRAIN_PRESETS, TrainConfig, resumed_config, train_preset
-from gpt.train.loop import NonFiniteLossError, TrainResult, find_checkpoint, train
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (`error: ...`, exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(message)
+from gpt.demo import run_demo
+from gpt.finish import finish_run
+from gpt.train.loop import NonFiniteLossError, TrainResult, train
+from gpt.train.rundir import find_checkpoint
+from gpt.train.state import saved_train_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
+    parser = ArgumentParser(
         description="Train a GPT-2 style model (GPT-α recipe by default).",
         epilog="--resume alone means --resume latest. Multi-GPU/multi-node: launch with torchrun.",
     )
@@ -128,11 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.print0(line)
     try:
         if preset == "demo":
-            from gpt.demo import run_demo
-
             run_demo(cfg, env=env)
         else:
-            report(train(cfg, env))
+            report(finish_run(train(cfg, env), cfg))
     except NonFiniteLossError as e:  # every rank sees the same all-reduced loss: all stop here
         print(f"error: {e}", file=sys.stderr)
         distributed.cleanup()

@@ -1,4 +1,4 @@
-"""Benchmark: generation tokens/s of GPT.generate against transformers' generate, same weights.
+"""Benchmark: generation tokens/s of our `generate` against transformers' generate, same weights.
 
     python bench/generate.py                      # 6 layers, 384 wide, 50,257 tokens, CPU
     python bench/generate.py --batches 1 --new-tokens 64 --recompute-tokens 0
@@ -32,6 +32,7 @@ from bench._common import machine, read_bandwidth, table, timed  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
+from gpt.model.generate import generate  # noqa: E402
 from gpt.model.gpt2 import GPT  # noqa: E402
 
 
@@ -138,12 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for B in batches:
         idx = torch.randint(0, args.vocab_size, (B, args.prompt_len))
-        ours.generate(idx, 4, temperature=0)  # warm-up: decoding layout, allocator, threads
+        generate(ours, idx, 4, temperature=0)  # warm-up: allocator, threads
         hf_generate(theirs, idx, 4)
-        same = torch.equal(ours.generate(idx, 16, temperature=0), hf_generate(theirs, idx, 16))
+        same = torch.equal(generate(ours, idx, 16, temperature=0), hf_generate(theirs, idx, 16))
         t_ours, t_theirs = [], []
         for _ in range(args.rounds):
-            t_ours.append(timed(ours.generate, idx, args.new_tokens, temperature=0))
+            t_ours.append(timed(generate, ours, idx, args.new_tokens, temperature=0))
             t_theirs.append(timed(hf_generate, theirs, idx, args.new_tokens))
         ours_tps = B * args.new_tokens / min(t_ours)
         theirs_tps = B * args.new_tokens / min(t_theirs)
@@ -161,9 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.recompute_tokens:
         idx = torch.randint(0, args.vocab_size, (1, args.prompt_len))
         n = args.recompute_tokens
-        t_cache = timed(ours.generate, idx, n, temperature=0)
+        t_cache = timed(generate, ours, idx, n, temperature=0)
         t_full = timed(recompute_generate, ours, idx, n)
-        same = torch.equal(ours.generate(idx, 32, temperature=0), recompute_generate(ours, idx, 32))
+        same = torch.equal(
+            generate(ours, idx, 32, temperature=0), recompute_generate(ours, idx, 32)
+        )
         rows.append(
             [
                 f"KV cache vs recompute, batch 1, {n} new",

@@ -4,7 +4,7 @@
     python bench/gpu.py --smoke      # the same code on CPU with the tiny preset, in seconds
 
 Everything goes through the project's own functions: `train(TrainConfig)` for training (its
-metrics.jsonl gives tokens/s and MFU per step), `GPT.generate`, `gpt.hellaswag.evaluate`, and
+metrics.jsonl gives tokens/s and MFU per step), `gpt.model.generate`, `gpt.hellaswag.evaluate`, and
 `--resume` for the resume check. The data are synthetic: random token ids, decoded to text and
 written by gpt/data/prepare.py into shards in a temporary directory (the loader wraps around them).
 
@@ -49,8 +49,12 @@ from gpt.data.prepare import prepare_dataset  # noqa: E402
 from gpt.data.sources import iter_documents  # noqa: E402
 from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser  # noqa: E402
 from gpt.hellaswag import score as hs  # noqa: E402
+from gpt.hellaswag.data import find_hellaswag_file, load_examples  # noqa: E402
+from gpt.model.generate import generate  # noqa: E402
 from gpt.model.gpt2 import GPT  # noqa: E402
-from gpt.train.loop import autocast, train  # noqa: E402
+from gpt.train import rundir  # noqa: E402
+from gpt.train.loop import train  # noqa: E402
+from gpt.train.parallel import autocast  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -188,16 +192,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def generation_row(model: GPT, batch: int, setting: Setting, dtype: torch.dtype) -> list[str]:
-    """New tokens per second of GPT.generate for `batch` sequences (random prompts)."""
+    """New tokens per second of `generate` for `batch` sequences (random prompts)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch, setting.prompt), device=device,
                            generator=generator)  # fmt: skip
     with autocast(device, dtype):
-        model.generate(prompt, 4, top_k=50, generator=generator)  # warm-up
+        generate(model, prompt, 4, top_k=50, generator=generator)  # warm-up
         reset_peak(device)
         start = time.perf_counter()
-        out = model.generate(prompt, setting.new_tokens, top_k=50, generator=generator)
+        out = generate(model, prompt, setting.new_tokens, top_k=50, generator=generator)
         synchronize(device)
     seconds = time.perf_counter() - start
     new = batch * (out.size(1) - setting.prompt)
@@ -209,11 +213,11 @@ def generation_row(model: GPT, batch: int, setting: Setting, dtype: torch.dtype)
 def hellaswag_examples(n: int, tok: Tokeniser) -> tuple[list[dict[str, Any]], str]:
     """n HellaSwag items from HELLASWAG_FILE or the shared data, else n synthetic ones (random
     text of about HellaSwag's lengths); and where they came from."""
-    found = hs.find_hellaswag_file(None)
+    found = find_hellaswag_file(None)
     shared = SHARED / "hellaswag" / "hellaswag_val.jsonl"
     path = found or (shared if shared.is_file() else None)
     if path is not None:
-        return hs.load_examples(path, limit=n), f"{n} items of {path.name}"
+        return load_examples(path, limit=n), f"{n} items of {path.name}"
     rng = np.random.default_rng(0)
 
     def text(tokens: int) -> str:
@@ -249,7 +253,7 @@ def resume_row(setting: Setting, data: Path, tok: Tokeniser, out: Path, **over: 
     quietly(lambda: train(cfg))
     whole = [e["value"] for e in train_events(out)][n:]
     resumed_cfg = run_config(setting, data, tok, out, max_steps=n + k, save_every=n,
-                             resume=str(ckpt.step_dir(out, n)), **over)  # fmt: skip
+                             resume=str(rundir.step_dir(out, n)), **over)  # fmt: skip
     quietly(lambda: train(resumed_cfg))
     again = [e["value"] for e in train_events(out)][n:]
     same = again == whole
@@ -290,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             training_row("train, compiled", setting, compiled, device),
             training_row("train, eager", setting, eager, device),
         ]
-        model, _ = ckpt.load_model_dir(ckpt.latest_checkpoint(work / "compiled"), device=device)
+        model, _ = ckpt.load_model_dir(rundir.latest_checkpoint(work / "compiled"), device=device)
         rows += [generation_row(model, b, setting, dtype) for b in (1, 8)]
         rows.append(hellaswag_row(model, tok, setting, dtype))
         del model

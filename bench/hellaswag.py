@@ -30,7 +30,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import model_preset  # noqa: E402
+from gpt.distributed import resolve_device  # noqa: E402
 from gpt.hellaswag import score as hs  # noqa: E402
+from gpt.hellaswag.data import N_ENDINGS, find_hellaswag_file, load_examples  # noqa: E402
 from gpt.model.gpt2 import GPT  # noqa: E402
 
 
@@ -41,7 +43,7 @@ def interleaved(
     take turns chunk by chunk, so a busy machine slows them alike."""
     chunk = max(bs for _, _, bs in methods)
     seconds = [0.0] * len(methods)
-    lls = [np.zeros((len(items), hs.N_ENDINGS)) for _ in methods]
+    lls = [np.zeros((len(items), N_ENDINGS)) for _ in methods]
     for model, fn, bs in methods:
         hs.score_items(model, items[:2], fn, device=device, batch_size=bs)
     for start in range(0, len(items), chunk):
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.examples < 1 or args.batch_size < 1:
         raise UserError("--examples and --batch-size must be >= 1")
-    data = hs.find_hellaswag_file(args.data) or hs.find_hellaswag_file(
+    data = find_hellaswag_file(args.data) or find_hellaswag_file(
         str(SHARED / "hellaswag" / "hellaswag_val.jsonl")
     )
     if data is None:
@@ -101,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gpt.data.tokeniser import get_tokeniser
 
     tok = get_tokeniser("gpt2")
-    device = hs.pick_device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = GPT(model_preset(args.preset)).to(device).eval()
-    examples = hs.load_examples(data, args.examples)
+    examples = load_examples(data, args.examples)
     items = hs.encode_examples(
         examples, tok.encode_ordinary_batch, model.config.block_size, empty_ctx=tok.eot_token
     )

@@ -6,7 +6,7 @@
 Two ways to compute the same loss on the same weights and batch, on CPU, float32:
 - peer (the seed's loss): full logits (B, T, 50,304), the padded columns sliced off (a copy in
   the backward), F.cross_entropy on them;
-- ours: GPT.forward with targets, which never materialises the logits (gpt/model/gpt2.py `lm_loss`).
+- ours: GPT.forward with targets, which never materialises the logits (gpt/model/loss.py `lm_loss`).
 
 How memory is measured, and why this way: each variant runs in a fresh child process, which
 builds the model and batch, records its resident set size (RSS), runs forward + backward once,
@@ -37,7 +37,8 @@ import torch.nn.functional as F  # noqa: E402
 from bench._common import machine, table  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import model_preset  # noqa: E402
-from gpt.model.gpt2 import GPT, loss_chunk_rows  # noqa: E402
+from gpt.model.gpt2 import GPT  # noqa: E402
+from gpt.model.loss import loss_chunk_rows  # noqa: E402
 
 VARIANTS = ("peer", "ours")
 

@@ -36,15 +36,15 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noq
 
 from bench._common import cycle_to  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
-from gpt.data.tokeniser import ENDOFTEXT, PATTERNS, GPTTokeniser, _bytes_to_unicode  # noqa: E402
+from gpt.data.bpe import ENDOFTEXT, PATTERNS, bytes_to_unicode  # noqa: E402
+from gpt.data.sources import iter_documents  # noqa: E402
+from gpt.data.tokeniser import GPTTokeniser  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def real_documents(shared: Path) -> list[str]:
     """Every distinct document we have: shared corpora, HellaSwag text, the python-docs source."""
-    from gpt.data.sources import iter_documents
-
     corpora = shared / "corpora"
     docs = (corpora / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n")
     for name in ("wikitext2_valid.txt", "wikitext2_test.txt"):
@@ -75,7 +75,7 @@ def train_peer(docs: list[str], vocab_size: int, pattern: str) -> Tokenizer:
     )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 1,
-        initial_alphabet=list(_bytes_to_unicode().values()),
+        initial_alphabet=list(bytes_to_unicode().values()),
         show_progress=False,
     )
     hf.train_from_iterator(docs, trainer=trainer)
@@ -84,7 +84,7 @@ def train_peer(docs: list[str], vocab_size: int, pattern: str) -> Tokenizer:
 
 def tiktoken_of(hf: Tokenizer, pattern: str) -> tiktoken.Encoding:
     """tiktoken running the trained vocabulary: rank = `tokenizers`' id (alphabet, then merges)."""
-    char_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    char_byte = {c: b for b, c in bytes_to_unicode().items()}
     ranks = {bytes(char_byte[c] for c in t): i for t, i in hf.get_vocab().items()}
     return tiktoken.Encoding(
         name="peer", pat_str=pattern, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: len(ranks)}

@@ -37,12 +37,9 @@ from gpt.config import GPTConfig, TrainConfig, model_preset  # noqa: E402
 from gpt.distributed import resolve_device  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
 from gpt.model.gpt2 import GPT  # noqa: E402
-from gpt.train.loop import (  # noqa: E402
-    autocast,
-    configure_optimizer,
-    measure_matmul_flops,
-    peak_flops,
-)
+from gpt.train.mfu import measure_matmul_flops, peak_flops  # noqa: E402
+from gpt.train.parallel import autocast  # noqa: E402
+from gpt.train.recipe import configure_optimizer  # noqa: E402
 
 
 @dataclass(frozen=True)

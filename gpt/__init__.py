@@ -19,7 +19,7 @@ _PUBLIC = {
     "GPTConfig": "gpt.config",
     "model_preset": "gpt.config",
     "GPTTokeniser": "gpt.data.tokeniser",
-    "TokeniserError": "gpt.data.tokeniser",
+    "TokeniserError": "gpt.data.bpe",
     "get_tokeniser": "gpt.data.tokeniser",
 }
 

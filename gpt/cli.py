@@ -1,6 +1,8 @@
 """Command-line plumbing shared by the entry points: dataclass-generated flags and clean errors.
 
-Every command exits with code 2 and one line on stderr (no traceback) on bad input:
+Every command is one options dataclass whose fields, with their docstrings as help, become the
+flags (`add_dataclass_args`, `parse_options`); `--help` lists each with its default. Bad input
+exits with code 2 and one line on stderr (no traceback):
 
     >>> def main(argv=None): raise UserError("no such file: x.bin")
     >>> run(main)  # prints "error: no such file: x.bin", exits 2  # doctest: +SKIP
@@ -9,12 +11,20 @@ Every command exits with code 2 and one line on stderr (no traceback) on bad inp
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import re
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+
+Options = TypeVar("Options")
+
+COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
 
 
 class UserError(ValueError):
@@ -24,10 +34,11 @@ class UserError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, bad value) raise UserError: one line, exit 2."""
+    """argparse whose errors (unknown flag, bad value) are one line `error: ...`, exit code 2,
+    without argparse's usage block."""
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}")
+        fail(message)
 
 
 def fail(message: str) -> NoReturn:
@@ -50,15 +61,49 @@ def run(
     raise SystemExit(code or 0)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (the string literal after it), by field name."""
-    import ast
-    import inspect
-    import textwrap
+def count(text: str) -> int:
+    """A count such as 1000, 100M, 2.5B or 1e8 (a flag's value).
 
+    >>> count("100M"), count("2.5K"), count("1e8")
+    (100000000, 2500, 100000000)
+    """
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMbBgG]?)\s*", text)
+    try:
+        value = float(m.group(1)) * COUNT_SUFFIXES[m.group(2).upper()] if m else -1.0
+        if value >= 0 and value == int(value):
+            return int(value)
+    except (ValueError, OverflowError):
+        pass
+    raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 5000, 100M, 1e8)")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    short: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    positional: bool = False,
+) -> Any:
+    """A dataclass field with command-line extras: a `short` flag ("-m"), a `parse` function
+    for the value (e.g. `count`), or a `positional` argument instead of a flag."""
+    extras = {"short": short, "parse": parse, "positional": positional}
+    return dataclasses.field(default=default, metadata=extras)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (the string literal after it), by field name;
+    fields inherited from dataclass bases included, a subclass's docstring winning."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
+    except (OSError, TypeError):  # no source file (an interactive class)
         return {}
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
@@ -81,35 +126,44 @@ def _base_type(tp: Any) -> Any:
     return args[0] if is_union and len(args) == 1 else tp
 
 
+def _value_kwargs(f: dataclasses.Field[Any], tp: Any) -> dict[str, Any]:
+    """How argparse reads a non-bool field's value: its parse function, its Literal choices or
+    its type (int, float, else str)."""
+    if f.metadata.get("parse") is not None:
+        return {"type": f.metadata["parse"], "metavar": f.name.upper()}
+    if typing.get_origin(tp) is typing.Literal:
+        return {"type": str, "choices": typing.get_args(tp)}
+    return {"type": tp if tp in (int, float) else str, "metavar": f.name.upper()}
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one `--field-name` flag per dataclass field; defaults are None so that explicit flags
-    can be told apart from defaults (the dataclass default is shown in --help)."""
+    """Add one `--field-name` flag per dataclass field (or a positional argument, see `option`).
+    Defaults are None so that explicit flags can be told apart from defaults; the dataclass
+    default is shown in --help, and a field without one is a required flag."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
-        flag = "--" + prefix + f.name.replace("_", "-")
         tp = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = "required" if required else f"default: {default}"
+        help_text = f"{docs.get(f.name, '')} ({shown})".replace("%", "%%")
+        if f.metadata.get("positional"):  # named in --help by its field name, as given
+            kwargs = {k: v for k, v in _value_kwargs(f, tp).items() if k != "metavar"}
+            group.add_argument(prefix + f.name, help=help_text, **kwargs)
+            continue
+        names = ["--" + prefix + f.name.replace("_", "-")]
+        if f.metadata.get("short"):
+            names.insert(0, f.metadata["short"])
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": None, "help": help_text}
+        if required:
+            kwargs["required"] = True
         if tp is bool:
-            group.add_argument(
-                flag,
-                dest=prefix + f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            conv = tp if tp in (int, float, str) else str
-            group.add_argument(
-                flag,
-                dest=prefix + f.name,
-                type=conv,
-                default=None,
-                metavar=f.name.upper(),
-                help=help_text,
-            )
+            kwargs.update(_value_kwargs(f, tp))
+        group.add_argument(*names, **kwargs)
 
 
 def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
@@ -120,3 +174,13 @@ def explicit_values(args: argparse.Namespace, cls: type, prefix: str = "") -> di
         if v is not None:
             out[f.name] = v
     return out
+
+
+def parse_options(
+    cls: Callable[..., Options], argv: Sequence[str] | None, prog: str, description: str
+) -> Options:
+    """The options dataclass `cls` from the command line `argv` (None: sys.argv[1:]): explicit
+    flags over the field defaults."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_dataclass_args(parser, cls)  # type: ignore[arg-type]
+    return cls(**explicit_values(parser.parse_args(argv), cls))  # type: ignore[arg-type]

@@ -27,15 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from gpt.checkpoint import list_checkpoints
 from gpt.config import TrainConfig
 from gpt.data.prepare import prepare_dataset
-from gpt.data.shards import DataError, load_shard, read_manifest, split_shards
+from gpt.data.shards import DataError, load_shard, read_manifest, split_shards, split_tokens
 from gpt.data.sources import iter_documents
 from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser
 from gpt.distributed import DistEnv, print0
+from gpt.finish import finish_run
 from gpt.fsio import write_json_atomic
 from gpt.train.loop import TrainResult, train
+from gpt.train.rundir import list_checkpoints
 
 DEMO_SOURCE = "python-docs"
 DEMO_VOCAB = 4096
@@ -111,16 +112,12 @@ def ensure_data(data_dir: Path, tok: Tokeniser, documents: list[str], say: Say) 
         source=DEMO_SOURCE,
         progress=False,
     )
-    train_tokens, val_tokens = (split_size(manifest, s) for s in ("train", "val"))
+    train_tokens, val_tokens = (split_tokens(manifest, s) for s in ("train", "val"))
     say(
         f"data: {len(documents):,} documents, {train_tokens:,} train + {val_tokens:,} val "
         f"tokens in {time.perf_counter() - start:.1f}s -> {data_dir}"
     )
     return manifest
-
-
-def split_size(manifest: dict[str, Any], split: str) -> int:
-    return sum(s["tokens"] for s in manifest["shards"] if s["split"] == split)
 
 
 def unigram_entropy(data_dir: Path, split: str = "val") -> float:
@@ -160,7 +157,8 @@ def run_demo(
     if cfg.resume is None and list_checkpoints(cfg.out):
         say(f"{cfg.out}: replacing the previous demo run")
         shutil.rmtree(cfg.out)
-    result = DemoResult(entropy, train(cfg, env), time.perf_counter() - start)
+    trained = finish_run(train(cfg, env), cfg, say)
+    result = DemoResult(entropy, trained, time.perf_counter() - start)
     summarise(result, Path(cfg.out), say)
     return result
 

@@ -1,4 +1,4 @@
-"""torchrun/DDP set-up and rank-0 helpers.
+"""torchrun/DDP set-up, rank-0 helpers and the one device picker (`resolve_device`).
 
 Under `torchrun` (RANK, LOCAL_RANK and WORLD_SIZE in the environment) `setup()` joins the process
 group (NCCL on CUDA, gloo on CPU) and picks this rank's device; without torchrun it is a no-op
@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+# PyTorch's abort, still private; destroy_process_group() may wait on pending NCCL work.
+from torch.distributed.distributed_c10d import _abort_process_group
 
 from gpt.cli import UserError
 
@@ -43,22 +46,25 @@ class DistEnv:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto" -> CUDA if available, else MPS, else CPU; anything else as given."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:  # torch refuses a string such as "cuda:x" or "gpu"
-            raise UserError(f"--device {name}: use auto, cuda, cuda:N, mps or cpu") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but CUDA is not available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UserError("--device mps asked for, but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The one device picker of every command: "auto" -> CUDA if available, else MPS, else CPU;
+    otherwise the named device (cuda, cuda:N, mps or cpu), which must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch refuses a string such as "cuda:x" or "gpu"
+        device = None
+    if device is None or device.type not in ("cuda", "mps", "cpu"):
+        raise UserError(f"--device {name}: use auto, cuda, cuda:N, mps or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but MPS is not available")
+    return device
 
 
 def under_torchrun() -> bool:
@@ -97,9 +103,6 @@ def abort() -> None:
     close; NCCL: the communicators are aborted), so the launcher ends the whole job instead of
     the others waiting for the process-group timeout. A no-op outside a process group."""
     if dist.is_initialized():
-        # PyTorch's abort, still private: destroy_process_group() may wait on pending NCCL work.
-        from torch.distributed.distributed_c10d import _abort_process_group
-
         _abort_process_group()
 
 

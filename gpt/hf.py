@@ -1,4 +1,4 @@
-"""Hugging Face interoperability: load any GPT-2 checkpoint, export ours as a GPT-2 directory.
+"""Hugging Face interoperability: GPT-2 conversion both ways, and the one model loader.
 
     python -m gpt.hf export runs/demo/checkpoints/best runs/demo/export
 
@@ -10,57 +10,45 @@ torch.load(weights_only=True); nothing is unpickled.
 
 An export is what `transformers.GPT2LMHeadModel.from_pretrained(dir)` expects: config.json
 (model_type gpt2, the real vocabulary size, n_positions = block_size), model.safetensors (the
-real vocabulary rows only) and the tokenizer files: GPT-2's vocab.json/merges.txt, or for our
-own byte-level BPE a tokenizer.json that `PreTrainedTokenizerFast` loads (plus the .tkn file).
+real vocabulary rows only) and the tokenizer files (gpt/hf_tokenizer.py).
+
+`load_model(spec)` is how every command opens a model: one of our checkpoint directories, a
+Hugging Face directory or a hub name (inference.py, hellaswag.py, the export command).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import socket
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from gpt.checkpoint import is_checkpoint, load_model_dir
-from gpt.cli import UserError, run
+from gpt.cli import ArgumentParser, UserError, add_dataclass_args, explicit_values, option, run
 from gpt.config import GPTConfig
-from gpt.data.tokeniser import (
-    ENDOFTEXT,
-    GPT2_FILES,
-    GPT2_URLS,
-    GPTTokeniser,
-    Tokeniser,
-    TokeniserError,
-    get_tokeniser,
-)
-from gpt.fsio import atomic_path, copy_atomic, write_json_atomic, write_text_atomic
+from gpt.data.bpe import TokeniserError
+from gpt.data.tokeniser import Tokeniser, get_tokeniser
+from gpt.fsio import atomic_path, write_json_atomic
+from gpt.hf_hub import HUB_NAMES, HUB_ORG, ModelNotFoundError, download_hub_model
+from gpt.hf_tokenizer import hf_tokeniser_spec, write_tokeniser_files
 from gpt.model.gpt2 import GPT
 
 # Conv1D weights, stored (in, out) by Hugging Face and (out, in) by nn.Linear.
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers some GPT-2 checkpoints carry (the causal mask), not weights.
 IGNORED = (".attn.bias", ".attn.masked_bias")
-HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-HUB_ORG = "openai-community"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-TKN_FILE = "tokeniser.tkn"
 
 
 class NotGPT2Error(UserError):
     """The checkpoint is not a GPT-2 model this code can run (other type, damaged, variant)."""
-
-
-class ModelNotFoundError(UserError):
-    """No such model directory, or a hub model that cannot be downloaded."""
 
 
 # --------------------------------------------------------------------------------- loading
@@ -190,50 +178,12 @@ def load_hf_dir(folder: Path) -> GPT:
     return model.eval()
 
 
-def _hub_host() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT.split("://")[-1].split("/")[0]
-
-
-def download_hub_model(name: str) -> Path:
-    """The local folder of hub model `name` (config.json + weights), downloading if needed."""
-    from huggingface_hub import hf_hub_download
-
-    repo = name if "/" in name else f"{HUB_ORG}/{name}"
-    hint = (
-        f"cannot download {name!r} from the Hugging Face hub (offline?); on a connected machine "
-        f"run `hf download {repo} config.json model.safetensors --local-dir DIR` "
-        f"(older clients: `huggingface-cli download ...`), copy DIR here and pass DIR instead"
-    )
-
-    def fetch(filename: str, local_only: bool) -> Path:
-        return Path(hf_hub_download(repo, filename, local_files_only=local_only))
-
-    try:
-        fetch("config.json", True)
-        return fetch(WEIGHT_FILES[0], True).parent
-    except Exception:  # not in the local cache: download
-        pass
-    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
-    if not proxied:
-        try:
-            socket.create_connection((_hub_host(), 443), timeout=5).close()
-        except OSError:
-            raise ModelNotFoundError(hint) from None
-    try:
-        fetch("config.json", False)
-        return fetch(WEIGHT_FILES[0], False).parent
-    except Exception as e:  # offline mode, HTTP errors, timeouts
-        raise ModelNotFoundError(f"{hint} ({type(e).__name__})") from None
-
-
 def from_pretrained(name_or_dir: str | Path) -> GPT:
-    """A GPT-2 model from a local directory (Hugging Face's or one of our checkpoints) or a hub
-    name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, optionally prefixed openai-community/)."""
+    """Our GPT from a Hugging Face GPT-2 directory or hub name (gpt2, gpt2-medium, gpt2-large,
+    gpt2-xl, optionally prefixed openai-community/), float32."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
-        return load_model_dir(path)[0] if is_checkpoint(path) else load_hf_dir(path)
+        return load_hf_dir(path)
     name = str(name_or_dir)
     if name.removeprefix(f"{HUB_ORG}/") in HUB_NAMES:
         return load_hf_dir(download_hub_model(name))
@@ -271,96 +221,6 @@ def hf_config(model: GPT, eos_token: int | None) -> dict[str, Any]:
     }
 
 
-def gpt2_bpe_files(tokeniser: Tokeniser) -> tuple[Path, Path]:
-    """GPT-2's encoder.json and vocab.bpe: the tokeniser's folder, GPT2_BPE_DIR, or the
-    tiktoken download cache (files named by the sha1 of their URL)."""
-    import hashlib
-
-    folders = [getattr(tokeniser, "bpe_dir", None), os.environ.get("GPT2_BPE_DIR")]
-    for folder in filter(None, folders):
-        files = tuple(Path(folder).expanduser() / f for f in GPT2_FILES)
-        if all(f.is_file() for f in files):
-            return files  # type: ignore[return-value]
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-    cache = cache or os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    files = tuple(Path(cache) / hashlib.sha1(u.encode()).hexdigest() for u in GPT2_URLS)
-    if all(f.is_file() for f in files):
-        return files  # type: ignore[return-value]
-    raise TokeniserError(
-        "GPT-2 tokenizer files (encoder.json, vocab.bpe) not found: set GPT2_BPE_DIR"
-    )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (the alphabet of byte-level BPE files)."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars = {b: chr(b) for b in printable}
-    extra = [b for b in range(256) if b not in chars]
-    chars.update({b: chr(256 + n) for n, b in enumerate(extra)})
-    return chars
-
-
-def tokenizer_json(tokeniser: GPTTokeniser) -> str:
-    """A `tokenizers` tokenizer.json for our byte-level BPE (GPTTokeniser): its merges in order,
-    its pre-split regex, byte-level alphabet and special tokens, so that transformers'
-    PreTrainedTokenizerFast encodes exactly as we do."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    chars = _bytes_to_unicode()
-
-    def text(i: int) -> str:
-        return "".join(chars[b] for b in tokeniser.token_bytes(i))
-
-    n_tokens = 256 + len(tokeniser.merges)
-    vocab = {text(i): i for i in range(n_tokens)}
-    merges = [(text(a), text(b)) for a, b in tokeniser.merges]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(tokeniser.pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    specials = sorted(tokeniser.special_tokens.items(), key=lambda kv: kv[1])
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s, _ in specials])
-    for s, i in specials:
-        if tok.token_to_id(s) != i:
-            raise ValueError(f"special token {s!r} would get id {tok.token_to_id(s)}, not {i}")
-    return tok.to_str()
-
-
-def write_tokeniser_files(out_dir: Path, tokeniser: Tokeniser, block_size: int) -> None:
-    """The tokenizer files transformers' AutoTokenizer loads (see the module docstring)."""
-    eot = ENDOFTEXT if ENDOFTEXT in tokeniser.special_tokens else None
-    specials = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-    if tokeniser.spec == "gpt2":
-        encoder, bpe = gpt2_bpe_files(tokeniser)
-        copy_atomic(encoder, out_dir / "vocab.json")
-        copy_atomic(bpe, out_dir / "merges.txt")
-        tokenizer_class = "GPT2Tokenizer"
-    elif isinstance(tokeniser, GPTTokeniser):
-        spec = Path(tokeniser.spec)
-        write_text_atomic(out_dir / "tokenizer.json", tokenizer_json(tokeniser))
-        if spec.is_file():
-            copy_atomic(spec, out_dir / TKN_FILE)
-        tokenizer_class = "PreTrainedTokenizerFast"
-    else:
-        raise ValueError(f"cannot write Hugging Face tokenizer files for {tokeniser!r}")
-    write_json_atomic(out_dir / "special_tokens_map.json", specials)
-    write_json_atomic(
-        out_dir / "tokenizer_config.json",
-        {
-            "tokenizer_class": tokenizer_class,
-            "model_max_length": block_size,
-            "add_prefix_space": False,
-            "add_bos_token": False,
-            "clean_up_tokenization_spaces": False,
-            **specials,
-        },
-    )
-
-
 def save_pretrained(
     model: GPT, out_dir: str | Path, tokeniser: Tokeniser | str | None = None
 ) -> Path:
@@ -387,33 +247,145 @@ def save_pretrained(
     return out_dir
 
 
-def hf_tokeniser_spec(folder: str | Path) -> str:
-    """The tokeniser of an exported directory: its bundled .tkn file, else "gpt2"."""
-    tkn = Path(folder) / TKN_FILE
-    return str(tkn.resolve()) if tkn.is_file() else "gpt2"
+# --------------------------------------------------------------------------------- any model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with how to tokenise for it."""
+
+    name: str
+    """The spec it was loaded from."""
+    kind: Literal["ours", "transformers"]
+    """Which code runs it: our GPT, or a transformers causal LM."""
+    model: nn.Module
+    """Our GPT (kind "ours") or a transformers model (kind "transformers"), in eval mode."""
+    tokeniser: Tokeniser | None
+    """Our tokeniser for our GPT; None for a transformers model (see encode_batch)."""
+    encode_batch: Callable[[list[str]], list[list[int]]]
+    """Texts -> token ids, no special tokens added."""
+    max_len: int
+    """Positions the model reads at most."""
+    prefix: list[int]
+    """Tokens that start a document (a BOS token, for tokenizers that add one)."""
+    empty_ctx: int
+    """The token that stands for an empty text (end-of-text or BOS)."""
+
+
+def load_model(
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokeniser: str | None = None,
+    any_causal_lm: bool = False,
+) -> LoadedModel:
+    """One of our checkpoint directories, a Hugging Face directory or a hub name, on `device`.
+
+    Our checkpoints run in our GPT with the tokeniser they name (checked against the fingerprint
+    they were trained with). A Hugging Face GPT-2 (a directory, or a hub name of HUB_NAMES) is
+    converted to our GPT, with the .tkn file an export bundles, else GPT-2's tokeniser; with
+    `any_causal_lm`, a Hugging Face model of any causal-LM type (and any hub name) runs in
+    transformers, with its own tokenizer, its weights in `dtype`. Our GPT loads in float32 (the
+    caller autocasts). `tokeniser`: a spec that replaces the model's own (our GPT only).
+    """
+    if is_checkpoint(spec):
+        model, meta = load_model_dir(spec, device)
+        tok = get_tokeniser(tokeniser or meta.get("tokeniser") or "gpt2")
+        trained_with = meta.get("tokeniser_fingerprint")
+        if tokeniser is None and trained_with and trained_with != tok.fingerprint:
+            raise UserError(f"{spec}: the tokeniser {tok.spec} is not the one it was trained with")
+        return _ours(spec, model, tok)
+    if any_causal_lm:
+        return _transformers_model(spec, device, dtype)
+    model = from_pretrained(spec).to(device)
+    own = hf_tokeniser_spec(spec) if Path(spec).is_dir() else "gpt2"
+    return _ours(spec, model, get_tokeniser(tokeniser or own))
+
+
+def _ours(name: str, model: GPT, tok: Tokeniser) -> LoadedModel:
+    if tok.n_vocab > model.config.vocab_size:
+        raise UserError(
+            f"{name}: tokeniser {tok.name} has {tok.n_vocab} tokens but the model only "
+            f"{model.config.vocab_size}"
+        )
+    return LoadedModel(
+        name=name,
+        kind="ours",
+        model=model.eval(),
+        tokeniser=tok,
+        encode_batch=tok.encode_ordinary_batch,
+        max_len=model.config.block_size,
+        prefix=[],
+        empty_ctx=tok.eot_token,
+    )
+
+
+def _transformers_model(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """A Hugging Face causal LM (directory or hub name) and its own tokenizer.
+
+    Texts get the tokenizer's BOS token as `prefix` exactly when its default encoding adds one
+    (OPT, Llama: yes; GPT-2, Pythia: no).
+    """
+    p = Path(name)
+    if p.exists() and not (p / "config.json").is_file():
+        raise UserError(f"{name}: neither one of our checkpoints nor a Hugging Face model folder")
+    if not p.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise UserError(f"no such model directory: {name}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load Hugging Face model {name!r}: {first}") from None
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    cfg = model.config
+    max_len = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+
+    def encode_batch(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    return LoadedModel(
+        name=name,
+        kind="transformers",
+        model=model.to(device).eval(),
+        tokeniser=None,
+        encode_batch=encode_batch,
+        max_len=int(max_len),
+        prefix=[bos] if adds_bos else [],
+        empty_ctx=bos if bos is not None else (tokenizer.eos_token_id or 0),
+    )
 
 
 # --------------------------------------------------------------------------------- command
 
 
+@dataclass
+class ExportOptions:
+    """python -m gpt.hf export: which checkpoint, and where to."""
+
+    checkpoint: str = option(positional=True)
+    """Our checkpoint or model directory (or a Hugging Face one)."""
+    out: str = option(positional=True)
+    """Output directory (created; files in it are replaced)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpt.hf",
-        description="Hugging Face interoperability.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = ArgumentParser(prog="python -m gpt.hf", description="Hugging Face interoperability.")
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser(
         "export",
         help="write one of our checkpoints as a Hugging Face GPT-2 directory",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write one of our checkpoints as a Hugging Face GPT-2 directory.",
     )
-    export.add_argument("checkpoint", help="our checkpoint or model directory")
-    export.add_argument("out", help="output directory (created; files in it are replaced)")
-    args = parser.parse_args(argv)
-    model, meta = load_model_dir(args.checkpoint)
-    out = save_pretrained(model, args.out, meta.get("tokeniser"))
-    print(f"exported {args.checkpoint} ({model.num_params():,} parameters) to {out}")
+    add_dataclass_args(export, ExportOptions)
+    opts = ExportOptions(**explicit_values(parser.parse_args(argv), ExportOptions))
+    lm = load_model(opts.checkpoint, torch.device("cpu"))
+    out = save_pretrained(lm.model, opts.out, lm.tokeniser)  # type: ignore[arg-type]
+    print(f"exported {opts.checkpoint} ({lm.model.num_params():,} parameters) to {out}")
     return 0
 
 

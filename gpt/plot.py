@@ -4,7 +4,8 @@
     python -m gpt.plot runs/a runs/b --out plots \\
         --reference ../shared/data/reference/gpt-alpha/train_log_10B.txt
 
-A run is a run directory (its metrics.jsonl, else its log.txt) or a log file. Two formats:
+A run is a run directory (its metrics.jsonl, else its log.txt) or a log file, read through
+gpt/train/logs.py, which owns both formats:
     metrics.jsonl   one JSON object per event: {"step", "tokens", "kind", "value", ...}
     log.txt         the seed's text log, one event per line: `STEP (TOKENS) KIND VALUE`,
                     e.g. `100 (52953088) val 6.6388`
@@ -21,7 +22,6 @@ and chance (0.25). The original GPT-alpha 124M run passes GPT-2 124M after about
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpt.cli import UserError, run
+from gpt.train.logs import Event, read_events, run_log
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -62,44 +63,6 @@ class Run:
 # ----------------------------------------------------------------------------- reading
 
 
-def parse_log_line(line: str) -> tuple[int, int, str, str]:
-    """`STEP (TOKENS) KIND VALUE` -> (step, tokens, kind, value).
-
-    >>> parse_log_line(" 100 (52953088) val 6.6388")
-    (100, 52953088, 'val', '6.6388')
-    """
-    parts = line.split(maxsplit=3)
-    if len(parts) != 4 or not (parts[1].startswith("(") and parts[1].endswith(")")):
-        raise ValueError("expected `STEP (TOKENS) KIND VALUE`")
-    return int(parts[0]), int(parts[1][1:-1]), parts[2], parts[3].strip()
-
-
-def _events_from_text(path: Path) -> Iterable[tuple[int, int, str, Any]]:
-    # Bytes that are not UTF-8 become U+FFFD: such a line then fails to parse, naming its number.
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield parse_log_line(line)
-            except ValueError as e:  # parse_log_line's own, or int() of a bad number
-                raise UserError(f"{path}:{lineno}: {e}: {line.strip()[:80]!r}") from None
-
-
-def _events_from_jsonl(path: Path) -> Iterable[tuple[int, int, str, Any]]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ev = json.loads(line)
-                yield int(ev["step"]), int(ev["tokens"]), str(ev["kind"]), ev["value"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise UserError(
-                    f"{path}:{lineno}: expected a JSON object with step, tokens, kind, value"
-                ) from None
-
-
 def _as_float(value: Any) -> float | None:
     try:
         x = float(value)
@@ -108,9 +71,7 @@ def _as_float(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def build_series(
-    events: Iterable[tuple[int, int, str, Any]],
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def build_series(events: Iterable[Event]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Group events by kind; an event at a step already logged for its kind (a resumed run)
     replaces that step and everything after it. Non-numeric values (samples) are skipped."""
     by_kind: dict[str, list[tuple[int, int, float]]] = {}
@@ -130,24 +91,14 @@ def build_series(
 
 
 def load_run(path: Path, name: str | None = None) -> Run:
-    """A run directory (metrics.jsonl, else log.txt), a .jsonl file or a text log."""
+    """A run directory (metrics.jsonl, else log.txt), a .jsonl file or a text log, read through
+    gpt/train/logs.py."""
     path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "metrics.jsonl", path / "log.txt"):
-            if candidate.is_file():
-                run_ = load_run(candidate, name or path.name)
-                return Run(run_.name, path, run_.series)
-        raise UserError(f"{path}: no metrics.jsonl or log.txt in this run directory")
-    if not path.is_file():
-        raise UserError(f"no such run directory or log file: {path}")
-    reader = _events_from_jsonl if path.suffix == ".jsonl" else _events_from_text
-    try:
-        series = build_series(reader(path))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    log = run_log(path)
+    series = build_series(read_events(log))
     if not series:
-        raise UserError(f"{path}: no train, val or HellaSwag events")
-    return Run(name or path.stem, path, series)
+        raise UserError(f"{log}: no train, val or HellaSwag events")
+    return Run(name or (path.name if path.is_dir() else path.stem), path, series)
 
 
 # ----------------------------------------------------------------------------- summaries

@@ -21,7 +21,10 @@ from gpt.config import TrainConfig
 from gpt.fsio import atomic_dir
 from gpt.hf import from_pretrained
 from gpt.model.gpt2 import GPT
-from gpt.train.loop import configure_optimizer, train
+from gpt.train import rundir
+from gpt.train import state as train_state
+from gpt.train.loop import train
+from gpt.train.recipe import configure_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,12 +40,12 @@ LOADER_STATE = {
 }
 
 
-def training_state(model: GPT, step: int = 3) -> ckpt.TrainingState:
+def training_state(model: GPT, step: int = 3) -> train_state.TrainingState:
     """A state with a real (non-empty) AdamW state after one step."""
     opt = configure_optimizer(model, TrainConfig(), torch.device("cpu"))
     model(torch.randint(0, 512, (2, 8)), torch.randint(0, 512, (2, 8)))[1].backward()
     opt.step()
-    return ckpt.TrainingState(
+    return train_state.TrainingState(
         step=step,
         tokens=step * 128,
         best_val_loss=4.5,
@@ -50,7 +53,7 @@ def training_state(model: GPT, step: int = 3) -> ckpt.TrainingState:
         train_config={"batch_size": 4},
         optimizer=opt.state_dict(),
         loader=[LOADER_STATE],
-        rng=[ckpt.capture_rng_state()],
+        rng=[train_state.capture_rng_state()],
     )
 
 
@@ -66,12 +69,12 @@ def test_model_dir_round_trip(tiny_config, tmp_path: Path) -> None:
 def test_training_state_round_trip(tiny_config, tmp_path: Path) -> None:
     model = GPT(tiny_config)
     state = training_state(model)
-    state.rng = [ckpt.capture_rng_state()]
+    state.rng = [train_state.capture_rng_state()]
     expected = (random.random(), np.random.rand(), torch.rand(3))
-    path = ckpt.save_checkpoint(
+    path = train_state.save_checkpoint(
         tmp_path / "c", ckpt.model_state_for_saving(model), tiny_config, state, None, None
     )
-    back = ckpt.load_training_state(path)
+    back = train_state.load_training_state(path)
     assert (back.step, back.tokens, back.best_val_loss, back.world_size) == (3, 384, 4.5, 1)
     assert back.loader == state.loader and back.train_config == state.train_config
     for k, v in state.optimizer["state"].items():
@@ -83,7 +86,7 @@ def test_training_state_round_trip(tiny_config, tmp_path: Path) -> None:
     for name, t in ckpt.model_state_for_saving(model).items():
         assert torch.equal(loaded.state_dict()[name], t)
     # restoring the RNG states replays the same random numbers
-    ckpt.restore_rng_state(back.rng[0])
+    train_state.restore_rng_state(back.rng[0])
     assert (random.random(), np.random.rand()) == expected[:2]
     assert torch.equal(torch.rand(3), expected[2])
 
@@ -95,7 +98,7 @@ class Evil:
 
 def test_loading_never_unpickles_objects(tiny_config, tmp_path: Path) -> None:
     model = GPT(tiny_config)
-    path = ckpt.save_checkpoint(
+    path = train_state.save_checkpoint(
         tmp_path / "c",
         ckpt.model_state_for_saving(model),
         tiny_config,
@@ -103,9 +106,9 @@ def test_loading_never_unpickles_objects(tiny_config, tmp_path: Path) -> None:
         None,
         None,
     )
-    torch.save({"state": {}, "param_groups": [], "x": Evil()}, path / ckpt.OPTIMIZER_FILE)
+    torch.save({"state": {}, "param_groups": [], "x": Evil()}, path / train_state.OPTIMIZER_FILE)
     with pytest.raises(ckpt.CheckpointError, match="damaged training state"):
-        ckpt.load_training_state(path)
+        train_state.load_training_state(path)
 
 
 def test_a_failed_save_leaves_the_old_directory(tiny_config, tmp_path: Path) -> None:
@@ -122,15 +125,15 @@ def test_a_failed_save_leaves_the_old_directory(tiny_config, tmp_path: Path) -> 
 def test_prune_keeps_the_newest_and_the_best(tiny_config, tmp_path: Path) -> None:
     model = GPT(tiny_config)
     for step in (5, 10, 15, 20):
-        ckpt.save_model_dir(model, ckpt.step_dir(tmp_path, step))
-    ckpt.mark_best(tmp_path, ckpt.step_dir(tmp_path, 5))
-    stray = ckpt.checkpoints_dir(tmp_path) / ".step_0000025.tmpab12"  # a save cut short
+        ckpt.save_model_dir(model, rundir.step_dir(tmp_path, step))
+    rundir.mark_best(tmp_path, rundir.step_dir(tmp_path, 5))
+    stray = rundir.checkpoints_dir(tmp_path) / ".step_0000025.tmpab12"  # a save cut short
     stray.mkdir()
-    deleted = ckpt.prune_checkpoints(tmp_path, keep=2)
-    assert deleted == [ckpt.step_dir(tmp_path, 10)]
-    assert ckpt.list_checkpoints(tmp_path) == [ckpt.step_dir(tmp_path, s) for s in (5, 15, 20)]
-    assert ckpt.best_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 5)
-    assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 20)
+    deleted = rundir.prune_checkpoints(tmp_path, keep=2)
+    assert deleted == [rundir.step_dir(tmp_path, 10)]
+    assert rundir.list_checkpoints(tmp_path) == [rundir.step_dir(tmp_path, s) for s in (5, 15, 20)]
+    assert rundir.best_checkpoint(tmp_path) == rundir.step_dir(tmp_path, 5)
+    assert rundir.latest_checkpoint(tmp_path) == rundir.step_dir(tmp_path, 20)
     assert not stray.exists()
 
 
@@ -170,10 +173,10 @@ def test_the_best_checkpoint_survives_pruning(
     events = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
     best_loss, best_step = min((e["value"], e["step"]) for e in events if e["kind"] == "val")
     assert best_step < 30, "validation never got worse: the test shows nothing"
-    link = ckpt.checkpoints_dir(run) / ckpt.BEST_LINK
+    link = rundir.checkpoints_dir(run) / rundir.BEST_LINK
     assert os.readlink(link) == f"step_{best_step:07d}"  # relative, inside checkpoints/
     assert ckpt.is_checkpoint(link)
-    assert ckpt.list_checkpoints(run)[-1].name == "step_0000030"
+    assert rundir.list_checkpoints(run)[-1].name == "step_0000030"
     named = f"{out[form]}/checkpoints/step_{best_step:07d}"
     assert f"best {best_loss:.4f} ({named})" in done.stdout
     assert f"exported {named} as a Hugging Face model" in done.stdout
@@ -266,12 +269,12 @@ def test_resume_after_sigkill_is_bit_identical(tiny_train_data: Path, tmp_path: 
     assert "resume:" not in out.stdout  # nothing was stated, so nothing changed
     assert train_losses(killed) == train_losses(whole)  # exact float equality
     assert len(train_losses(whole)) == 100
-    a = load_file(str(ckpt.step_dir(whole, 100) / ckpt.WEIGHTS_FILE))
-    b = load_file(str(ckpt.step_dir(killed, 100) / ckpt.WEIGHTS_FILE))
+    a = load_file(str(rundir.step_dir(whole, 100) / ckpt.WEIGHTS_FILE))
+    b = load_file(str(rundir.step_dir(killed, 100) / ckpt.WEIGHTS_FILE))
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the text log has each step once, as if the run had never stopped
     assert (killed / "log.txt").read_text() == (whole / "log.txt").read_text()
 
 
 def _steps(run: Path) -> list[int]:
-    return [ckpt.load_training_state(p).step for p in ckpt.list_checkpoints(run)]
+    return [train_state.load_training_state(p).step for p in rundir.list_checkpoints(run)]

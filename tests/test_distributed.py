@@ -15,6 +15,7 @@ import torch
 from gpt import checkpoint as ckpt
 from gpt import distributed
 from gpt.config import TrainConfig, train_preset
+from gpt.train import rundir
 from gpt.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def values(run: Path, kind: str) -> list[float]:
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    model, _ = ckpt.load_model_dir(ckpt.latest_checkpoint(run))
+    model, _ = ckpt.load_model_dir(rundir.latest_checkpoint(run))
     return model.state_dict()
 
 
@@ -123,7 +124,7 @@ def test_fsdp_matches_one_rank_and_resumes_exactly(
     whole = values(out, "train")
     # resume the same run from its step-4 checkpoint: steps 4-7 again, the same to the bit
     result = torchrun(
-        tiny_train_data, out, "--fsdp", "--save-every=4", f"--resume={ckpt.step_dir(out, 4)}"
+        tiny_train_data, out, "--fsdp", "--save-every=4", f"--resume={rundir.step_dir(out, 4)}"
     )
     assert "resumed from" in result.stdout
     assert values(out, "train") == whole

@@ -24,8 +24,9 @@ from gpt.checkpoint import save_model_dir
 from gpt.config import model_preset
 from gpt.data.shards import read_shard_header
 from gpt.data.sources import SourceError, iter_file
-from gpt.hellaswag import score as hs
+from gpt.hellaswag import data as hd
 from gpt.model.gpt2 import GPT
+from gpt.train import state as train_state
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_FLAGS = ("--no-plot", "--no-export", "--samples", "0", "--hellaswag", "off")
@@ -203,7 +204,7 @@ def training_checkpoint(path: Path) -> Path:
     model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
     optimizer.step()
     loader = {"version": 1, "split": "train", "seed": 1, "tokens_in_split": 900}
-    state = ckpt.TrainingState(
+    state = train_state.TrainingState(
         step=1,
         tokens=4,
         best_val_loss=None,
@@ -211,10 +212,10 @@ def training_checkpoint(path: Path) -> Path:
         train_config={},
         optimizer=optimizer.state_dict(),
         loader=[{**loader, "epoch": 0, "position": 4}],
-        rng=[ckpt.capture_rng_state()],
+        rng=[train_state.capture_rng_state()],
     )
     weights = ckpt.model_state_for_saving(model)
-    return ckpt.save_checkpoint(path, weights, model.config, state, None, None)
+    return train_state.save_checkpoint(path, weights, model.config, state, None, None)
 
 
 def test_damaged_training_state_files_are_named(tmp_path: Path) -> None:
@@ -224,27 +225,27 @@ def test_damaged_training_state_files_are_named(tmp_path: Path) -> None:
                                               "tokens_in_split": 900}]})
     )  # fmt: skip
     with pytest.raises(ckpt.CheckpointError, match=r"loader.json: damaged loader positions"):
-        ckpt.load_training_state(path)
+        train_state.load_training_state(path)
     path = training_checkpoint(tmp_path / "again")
     rng = torch.load(path / "rng.pt", weights_only=True)
     rng[0]["python"] = (3, (-1,) * 625, None)  # Mersenne Twister words are unsigned
     torch.save(rng, path / "rng.pt")
     before = random.getstate()
     with pytest.raises(ckpt.CheckpointError, match=r"rng.pt: damaged RNG state \(OverflowError"):
-        ckpt.load_training_state(path)
+        train_state.load_training_state(path)
     assert random.getstate() == before  # trying the saved states left this process's own alone
     optimizer = path / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:-200])
     with pytest.raises(ckpt.CheckpointError, match=r"optimizer.pt: damaged training state"):
-        ckpt.load_training_state(path)
+        train_state.load_training_state(path)
 
 
 def test_bytes_that_are_not_utf8_are_named_with_their_line(tmp_path: Path) -> None:
     good = {"ctx": "A man sits down.", "endings": [" a", " b", " c", " d"], "label": 1}
     file = tmp_path / "val.jsonl"
     file.write_bytes(json.dumps(good).encode() + b'\n{"ctx": "caf\xe9"}\n')
-    with pytest.raises(hs.HellaSwagError, match=r"val.jsonl:2: not UTF-8 text"):
-        hs.load_examples(file)
+    with pytest.raises(hd.HellaSwagError, match=r"val.jsonl:2: not UTF-8 text"):
+        hd.load_examples(file)
 
 
 def test_damaged_parquet_and_non_text_columns_are_named(tmp_path: Path) -> None:

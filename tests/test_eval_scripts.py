@@ -15,8 +15,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+import hellaswag as hellaswag_cli  # the command at the project root
 from gpt.cli import run
-from gpt.hellaswag import score as hs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PY = ROOT / "eval" / "eval_results.py"
@@ -274,7 +274,10 @@ def test_offline_end_to_end(
     lm_ll = np.array([[float(resp[0][0]) for resp in s["resps"]] for s in samples])
     out = tmp_path / "ours.json"
     with pytest.raises(SystemExit) as e:
-        run(hs.main, ["-m", model, "--data", str(data), "--limit", "8", "--output", str(out)])
+        run(
+            hellaswag_cli.main,
+            ["-m", model, "--data", str(data), "--limit", "8", "--output", str(out)],
+        )
     assert e.value.code == 0
     ours = json.loads(out.read_text())
     np.testing.assert_allclose(

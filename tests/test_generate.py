@@ -1,5 +1,6 @@
 """KV-cache generation: equal to full recomputation and to transformers' greedy generate;
-eos stopping, context cropping, top-k / top-p support, seeded reproducibility."""
+eos stopping, context cropping, top-k / top-p support, seeded reproducibility; the one forward
+(cached and packed calls equal plain ones) and nothing kept on the model between calls."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 
 from gpt.config import GPTConfig
 from gpt.hf import state_to_hf
-from gpt.model.gpt2 import GPT, sample_next
+from gpt.model.cpu_decode import PACK_FROM_BATCH, decoding_weights, packing_available
+from gpt.model.generate import generate, generate_stream, sample_next
+from gpt.model.gpt2 import GPT
 
 CONFIG = GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32,
                    pad_vocab_multiple=64)  # fmt: skip
@@ -50,7 +53,7 @@ def test_greedy_with_cache_equals_full_recomputation(model: GPT, prompt_len: int
     idx = torch.randint(
         0, CONFIG.vocab_size, (3, prompt_len), generator=torch.Generator().manual_seed(1)
     )
-    out = model.generate(idx, new, temperature=0)
+    out = generate(model, idx, new, temperature=0)
     assert out.shape == (3, prompt_len + new)
     assert torch.equal(out, greedy_by_recomputation(model, idx, new))
 
@@ -80,7 +83,7 @@ def test_greedy_equals_transformers_generate(model: GPT) -> None:
         min_new_tokens=new,
         do_sample=False,
     )
-    assert torch.equal(model.generate(idx, new, temperature=0), expected)
+    assert torch.equal(generate(model, idx, new, temperature=0), expected)
 
 
 def first_index(row: list[int], token: int) -> int:
@@ -89,13 +92,13 @@ def first_index(row: list[int], token: int) -> int:
 
 def test_each_sequence_stops_at_eos(model: GPT) -> None:
     idx = torch.randint(0, CONFIG.vocab_size, (3, 4), generator=torch.Generator().manual_seed(3))
-    free = model.generate(idx, 20, generator=torch.Generator().manual_seed(0))
+    free = generate(model, idx, 20, generator=torch.Generator().manual_seed(0))
     rows = free[:, 4:].tolist()
     eos = next(t for t in rows[0] if len({first_index(r, t) for r in rows}) == 3)
     first = [first_index(r, eos) for r in rows]  # rows finish at three different steps
     end = min(20, max(first) + 1)  # generation stops once every row has finished
     assert any(rows[r][first[r] + 1 : end] != [eos] * (end - first[r] - 1) for r in range(3))
-    out = model.generate(idx, 20, eos_token=eos, generator=torch.Generator().manual_seed(0))
+    out = generate(model, idx, 20, eos_token=eos, generator=torch.Generator().manual_seed(0))
     assert out.size(1) == 4 + end
     for r in range(3):
         stop = 4 + first[r]
@@ -105,17 +108,17 @@ def test_each_sequence_stops_at_eos(model: GPT) -> None:
 
 def test_generation_stops_early_when_all_rows_finish(model: GPT) -> None:
     idx = torch.randint(0, CONFIG.vocab_size, (1, 4), generator=torch.Generator().manual_seed(4))
-    free = model.generate(idx, 10, temperature=0)
-    out = model.generate(idx, 10, temperature=0, eos_token=int(free[0, 4]))
+    free = generate(model, idx, 10, temperature=0)
+    out = generate(model, idx, 10, temperature=0, eos_token=int(free[0, 4]))
     assert torch.equal(out, free[:, :5])
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(model: GPT) -> None:
     idx = torch.randint(0, CONFIG.vocab_size, (4, 3), generator=torch.Generator().manual_seed(5))
-    greedy = model.generate(idx, 40, temperature=0)
+    greedy = generate(model, idx, 40, temperature=0)
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(model.generate(idx, 40, temperature=1.0, top_k=1, generator=g), greedy)
-    assert torch.equal(model.generate(idx, 40, temperature=1.5, top_p=1e-6, generator=g), greedy)
+    assert torch.equal(generate(model, idx, 40, temperature=1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(generate(model, idx, 40, temperature=1.5, top_p=1e-6, generator=g), greedy)
 
 
 def test_top_k_restricts_the_support() -> None:
@@ -141,9 +144,9 @@ def test_top_p_restricts_and_renormalises() -> None:
 
 def test_seeded_sampling_is_reproducible(model: GPT) -> None:
     idx = torch.zeros(4, 2, dtype=torch.long)  # several samples of one prompt: repeated rows
-    a = model.generate(idx, 30, top_k=20, generator=torch.Generator().manual_seed(7))
-    b = model.generate(idx, 30, top_k=20, generator=torch.Generator().manual_seed(7))
-    c = model.generate(idx, 30, top_k=20, generator=torch.Generator().manual_seed(8))
+    a = generate(model, idx, 30, top_k=20, generator=torch.Generator().manual_seed(7))
+    b = generate(model, idx, 30, top_k=20, generator=torch.Generator().manual_seed(7))
+    c = generate(model, idx, 30, top_k=20, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert len({tuple(row) for row in a.tolist()}) > 1  # the samples differ from each other
@@ -151,8 +154,8 @@ def test_seeded_sampling_is_reproducible(model: GPT) -> None:
 
 def test_stream_yields_the_generated_columns(model: GPT) -> None:
     idx = torch.randint(0, CONFIG.vocab_size, (2, 3), generator=torch.Generator().manual_seed(9))
-    out = model.generate(idx, 40, temperature=0)
-    columns = list(model.generate_stream(idx, 40, temperature=0))
+    out = generate(model, idx, 40, temperature=0)
+    columns = list(generate_stream(model, idx, 40, temperature=0))
     assert torch.equal(torch.stack(columns, dim=1), out[:, 3:])
 
 
@@ -160,23 +163,23 @@ def test_weight_changes_invalidate_the_decoding_layout() -> None:
     torch.manual_seed(10)
     model = GPT(CONFIG).eval()
     idx = torch.randint(0, CONFIG.vocab_size, (2, 4))
-    model.generate(idx, 5, temperature=0)  # builds the decoding copies
+    generate(model, idx, 5, temperature=0)  # decoding copies, made and dropped
     with torch.no_grad():  # in-place updates, as an optimizer step does
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     assert torch.equal(
-        model.generate(idx, 20, temperature=0), greedy_by_recomputation(model, idx, 20)
+        generate(model, idx, 20, temperature=0), greedy_by_recomputation(model, idx, 20)
     )
     other = GPT(CONFIG).eval()
     model.load_state_dict(other.state_dict())
     assert torch.equal(
-        model.generate(idx, 20, temperature=0), greedy_by_recomputation(other, idx, 20)
+        generate(model, idx, 20, temperature=0), greedy_by_recomputation(other, idx, 20)
     )
 
 
 def test_zero_new_tokens_returns_the_prompt(model: GPT) -> None:
     idx = torch.randint(0, CONFIG.vocab_size, (2, 4))
-    assert torch.equal(model.generate(idx, 0), idx)
+    assert torch.equal(generate(model, idx, 0), idx)
 
 
 @pytest.mark.parametrize(
@@ -186,12 +189,12 @@ def test_zero_new_tokens_returns_the_prompt(model: GPT) -> None:
 def test_bad_sampling_settings_are_refused(model: GPT, kwargs: dict) -> None:
     args = {"max_new_tokens": 5, **kwargs}
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        model.generate(torch.zeros(1, 1, dtype=torch.long), **args)
+        generate(model, torch.zeros(1, 1, dtype=torch.long), **args)
 
 
 def test_empty_prompt_is_refused(model: GPT) -> None:
     with pytest.raises(ValueError, match="tokens >= 1"):
-        model.generate(torch.zeros(2, 0, dtype=torch.long), 5)
+        generate(model, torch.zeros(2, 0, dtype=torch.long), 5)
 
 
 def test_benchmark_bad_input_is_one_line_error() -> None:
@@ -208,10 +211,63 @@ def test_benchmark_bad_input_is_one_line_error() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_dtypes_decode_like_recomputation(model: GPT, dtype: torch.dtype) -> None:
-    """Layouts oneDNN cannot pack (float64) fall back; bfloat16 takes the packed path."""
+    """Layouts oneDNN cannot pack (float64) fall back; bfloat16 takes the packed path (a batch
+    of 4)."""
     other = GPT(CONFIG).to(dtype).eval()
     other.load_state_dict(model.state_dict())
-    idx = torch.randint(0, CONFIG.vocab_size, (2, 5), generator=torch.Generator().manual_seed(11))
+    idx = torch.randint(0, CONFIG.vocab_size, (4, 5), generator=torch.Generator().manual_seed(11))
     expected = greedy_by_recomputation(other, idx, 10)
-    assert torch.equal(other.generate(idx, 10, temperature=0), expected)
-    assert torch.equal(other.generate(idx[:1], 10, temperature=0), expected[:1])
+    assert torch.equal(generate(other, idx, 10, temperature=0), expected)
+    assert torch.equal(generate(other, idx[:1], 10, temperature=0), expected[:1])
+
+
+def module_state(model: GPT) -> dict[str, dict[str, object]]:
+    """Every module's attributes and every parameter and buffer, by identity, with the tensors'
+    version counters."""
+    return {
+        "attributes": {n: {k: id(v) for k, v in vars(m).items()} for n, m in model.named_modules()},
+        "tensors": {n: (id(t), t._version) for n, t in model.state_dict(keep_vars=True).items()},
+    }
+
+
+@pytest.mark.parametrize("batch", [1, 4])  # the parameters as they are; packed copies (CPU)
+def test_generation_keeps_nothing_on_the_model(batch: int) -> None:
+    torch.manual_seed(12)
+    model = GPT(CONFIG).eval()
+    idx = torch.randint(0, CONFIG.vocab_size, (batch, 4))
+    before = module_state(model)
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    generate(model, idx, 5, temperature=0)
+    list(generate_stream(model, idx, 5, temperature=0))
+    assert module_state(model) == before
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    with torch.no_grad():  # in place through .data: no version bump, as fused AdamW's step
+        for p in model.parameters():
+            p.data.add_(torch.randn_like(p) * 0.5)
+    assert module_state(model) == before  # nothing signals the change, and nothing needs to
+    assert torch.equal(
+        generate(model, idx, 20, temperature=0), greedy_by_recomputation(model, idx, 20)
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 2, PACK_FROM_BATCH])
+def test_decoding_copies_compute_what_the_layers_compute(batch: int) -> None:
+    """CPU decoding's copies (an input-major lm_head for one sequence, packed weights from
+    PACK_FROM_BATCH on) give the layers' own outputs, float32 rounding apart."""
+    model = GPT(CONFIG).eval()
+    weights = decoding_weights(model, batch)
+    if batch >= PACK_FROM_BATCH and packing_available():
+        assert len(weights.layers) == 4 * CONFIG.n_layer
+    else:
+        assert weights.layers == {}
+    with torch.no_grad():
+        for layer in (model.transformer.h[0].attn.c_attn, model.transformer.h[1].mlp.c_proj):
+            x = torch.randn(batch, 1, layer.in_features)  # (B, T, in)
+            torch.testing.assert_close(weights.linear(layer, x), layer(x))
+        h = torch.randn(batch, CONFIG.n_embd)  # (B, C)
+        torch.testing.assert_close(weights.logits(h), model.logits(h))
+
+
+def test_float64_is_not_packed() -> None:
+    """oneDNN cannot pack float64: such a model decodes with its own layers."""
+    assert decoding_weights(GPT(CONFIG).double(), PACK_FROM_BATCH).layers == {}

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt.model.generate import generate
 from gpt.model.gpt2 import GPT
-from gpt.train.loop import gpu_peak_flops, train
+from gpt.train.loop import train
+from gpt.train.mfu import gpu_peak_flops
 from tests.test_distributed import (  # noqa: F401 (single_run is a fixture)
     ROOT,
     assert_same_run,
@@ -57,13 +59,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from gpt import distributed
 from gpt.config import model_preset, train_preset
 from gpt.model.gpt2 import GPT
-from gpt.train.loop import build_model
+from gpt.train.parallel import make_parallel
 
 env = distributed.setup("cpu")
 config = model_preset("tiny", vocab_size=500, pad_vocab_multiple=64)
 cfg = train_preset("tiny", fsdp=True, data="unused", tokeniser="unused")
 torch.manual_seed(7)
-model, _ = build_model(config, cfg, env, None)
+model, _ = make_parallel(cfg, env).build_model(config, None)
 next_draw = torch.rand(3)
 full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 torch.manual_seed(7)
@@ -116,11 +118,11 @@ def test_sampling_under_bf16_autocast_returns_valid_ids(tiny_config) -> None:
     model = GPT(tiny_config).eval()
     prompt = torch.randint(0, tiny_config.vocab_size, (3, 5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model.generate(prompt, 12, temperature=1.0, top_k=20,
-                             generator=torch.Generator().manual_seed(1))  # fmt: skip
-        again = model.generate(prompt, 12, temperature=1.0, top_k=20,
-                               generator=torch.Generator().manual_seed(1))  # fmt: skip
-        greedy = model.generate(prompt, 12, temperature=0)
+        out = generate(model, prompt, 12, temperature=1.0, top_k=20,
+                       generator=torch.Generator().manual_seed(1))  # fmt: skip
+        again = generate(model, prompt, 12, temperature=1.0, top_k=20,
+                         generator=torch.Generator().manual_seed(1))  # fmt: skip
+        greedy = generate(model, prompt, 12, temperature=0)
     assert out.shape == greedy.shape == (3, 17)
     assert out.dtype == torch.long and torch.equal(out[:, :5], prompt)
     assert 0 <= int(out.min()) and int(out.max()) < tiny_config.vocab_size

@@ -15,10 +15,13 @@ import pytest
 import torch
 from torch import nn
 
+import hellaswag as hellaswag_cli  # the command at the project root
 from gpt.checkpoint import save_model_dir
 from gpt.cli import run
 from gpt.config import GPTConfig
+from gpt.hellaswag import data as hd
 from gpt.hellaswag import score as hs
+from gpt.hf import load_model
 from gpt.model.gpt2 import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +104,7 @@ def test_packed_scores_match_one_sequence_at_a_time(tiny_config: GPTConfig, capa
     b = hs.build_packed_batch(items, capacity=capacity)
     assert b.idx.shape[0] == (9 if capacity == 1 else b.idx.shape[0])
     with torch.no_grad():
-        hidden = hs.packed_hidden(model, b.idx, b.pos, b.mask)
+        hidden = model.hidden(b.idx, positions=b.pos, mask=b.mask)
         logits = model.lm_head(hidden.flatten(0, 1)[b.src])[:, : tiny_config.vocab_size]
         got = hs._log_likelihoods(logits, b.tgt, b.owner, len(items)).numpy()
         ref = _reference_ll(model, items)
@@ -247,7 +250,7 @@ def _transformers_reference(hf_dir: Path, examples: list[dict]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference_ll(tiny_hf_gpt2_dir: Path, real_items: Path) -> np.ndarray:
-    return _transformers_reference(tiny_hf_gpt2_dir, hs.load_examples(real_items))
+    return _transformers_reference(tiny_hf_gpt2_dir, hd.load_examples(real_items))
 
 
 def _check_results(result: dict, examples: list[dict], ref: np.ndarray) -> None:
@@ -272,7 +275,7 @@ def _check_results(result: dict, examples: list[dict], ref: np.ndarray) -> None:
 
 def _run_main(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        run(hs.main, argv)
+        run(hellaswag_cli.main, argv)
     assert e.value.code == 0
 
 
@@ -294,7 +297,7 @@ def test_hf_model_matches_transformers(
             str(out),
         ]
     )
-    examples = hs.load_examples(real_items)
+    examples = hd.load_examples(real_items)
     _check_results(
         json.loads(out.read_text()), examples, _transformers_reference(tiny_hf_gpt2_dir, examples)
     )
@@ -307,7 +310,7 @@ def test_our_checkpoint_matches_transformers(
 
     tok = get_tokeniser("gpt2")
     ckpt = save_model_dir(_hf_to_ours(tiny_hf_gpt2_dir), tmp_path / "ckpt", "gpt2", tok.fingerprint)
-    examples = hs.load_examples(real_items)
+    examples = hd.load_examples(real_items)
     for flags in (["--batch-size", "5"], ["--seed-method"]):
         out = tmp_path / "r.json"
         _run_main(["-m", str(ckpt), "--data", str(real_items), "--output", str(out), *flags])
@@ -330,7 +333,7 @@ def test_hf_bos_follows_the_tokenizer(tiny_hf_gpt2_dir: Path, tmp_path: Path) ->
     AutoTokenizer.from_pretrained(tiny_hf_gpt2_dir, add_bos_token=True).save_pretrained(bos_dir)
     ex = [{"ctx": "A man", "endings": ["runs.", "sits.", "eats.", "jumps."], "label": 0}]
     for folder, prefix in ((tiny_hf_gpt2_dir, []), (bos_dir, [50256])):
-        lm = hs.load_hf(str(folder), CPU, torch.float32)
+        lm = load_model(str(folder), CPU, torch.float32, any_causal_lm=True)
         assert lm.prefix == prefix and lm.max_len == 128
         [it] = hs.encode_examples(ex, lm.encode_batch, lm.max_len, lm.prefix, lm.empty_ctx)
         assert it.ctx == [*prefix, 32, 582]  # "A", " man"
@@ -413,39 +416,39 @@ def test_evaluate_all_reduces_over_two_ranks(tiny_config: GPTConfig, tmp_path: P
 def test_load_examples_validates(tmp_path: Path) -> None:
     good = {"ctx": "c", "endings": ["a", "b", "c", "d"], "label": "2", "ind": 7}
     path = _write_jsonl(tmp_path / "ok.jsonl", [good, {**good, "label": 1}])
-    exs = hs.load_examples(path)
+    exs = hd.load_examples(path)
     assert [e["label"] for e in exs] == [2, 1] and exs[0]["ind"] == 7
-    assert len(hs.load_examples(path, limit=1)) == 1
+    assert len(hd.load_examples(path, limit=1)) == 1
     for bad, match in (
         ({**good, "endings": ["a", "b"]}, "endings"),
         ({**good, "label": 4}, "label"),
         ({"endings": good["endings"], "label": 0}, "ctx"),
     ):
-        with pytest.raises(hs.HellaSwagError, match=f"bad.jsonl:2: .*{match}"):
-            hs.load_examples(_write_jsonl(tmp_path / "bad.jsonl", [good, bad]))
+        with pytest.raises(hd.HellaSwagError, match=f"bad.jsonl:2: .*{match}"):
+            hd.load_examples(_write_jsonl(tmp_path / "bad.jsonl", [good, bad]))
     (tmp_path / "junk.jsonl").write_text("{nope\n")
-    with pytest.raises(hs.HellaSwagError, match="junk.jsonl:1: not JSON"):
-        hs.load_examples(tmp_path / "junk.jsonl")
-    with pytest.raises(hs.HellaSwagError, match="no such HellaSwag file"):
-        hs.load_examples(tmp_path / "missing.jsonl")
+    with pytest.raises(hd.HellaSwagError, match="junk.jsonl:1: not JSON"):
+        hd.load_examples(tmp_path / "junk.jsonl")
+    with pytest.raises(hd.HellaSwagError, match="no such HellaSwag file"):
+        hd.load_examples(tmp_path / "missing.jsonl")
 
 
 def test_find_file_and_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HELLASWAG_FILE", raising=False)
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "cache"))
-    assert hs.find_hellaswag_file() is None
-    assert hs.find_hellaswag_file(str(tmp_path / "nope.jsonl")) is None
+    assert hd.find_hellaswag_file() is None
+    assert hd.find_hellaswag_file(str(tmp_path / "nope.jsonl")) is None
     src = _write_jsonl(tmp_path / "src_val.jsonl", _fake_examples(2))
     monkeypatch.setenv("HELLASWAG_FILE", str(src))
-    assert hs.find_hellaswag_file() == src
+    assert hd.find_hellaswag_file() == src
     monkeypatch.delenv("HELLASWAG_FILE")
     # a download (from a file:// URL here) lands in the cache, with no temp file left behind
-    monkeypatch.setattr(hs, "HELLASWAG_URL", f"file://{tmp_path}/src_{{split}}.jsonl")
-    got = hs.download_split("val")
+    monkeypatch.setattr(hd, "HELLASWAG_URL", f"file://{tmp_path}/src_{{split}}.jsonl")
+    got = hd.download_split("val")
     assert got == tmp_path / "cache" / "hellaswag_val.jsonl"
     assert got.read_bytes() == src.read_bytes()
     assert os.listdir(tmp_path / "cache") == ["hellaswag_val.jsonl"]
-    assert hs.find_hellaswag_file() == got
+    assert hd.find_hellaswag_file() == got
 
 
 def test_offline_error_names_file_and_flag(
@@ -453,9 +456,9 @@ def test_offline_error_names_file_and_flag(
 ) -> None:
     monkeypatch.delenv("HELLASWAG_FILE", raising=False)
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path))
-    monkeypatch.setattr(hs, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_{split}.jsonl")
+    monkeypatch.setattr(hd, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_{split}.jsonl")
     with pytest.raises(SystemExit) as e:
-        run(hs.main, ["-m", "gpt2"])
+        run(hellaswag_cli.main, ["-m", "gpt2"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot download") and "\n" not in err
@@ -475,7 +478,7 @@ def test_training_offline_skips_hellaswag_at_once(
 
     monkeypatch.delenv("HELLASWAG_FILE", raising=False)
     monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(hs, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_{split}.jsonl")
+    monkeypatch.setattr(hd, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_{split}.jsonl")
     train(tiny_run_config(hellaswag="auto", max_steps=1, samples=0, save_every=0))
     skipped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("hellaswag:")]
     assert len(skipped) == 1 and "skipped" in skipped[0] and "127.0.0.1:9" in skipped[0]
@@ -501,7 +504,7 @@ def test_training_with_a_short_context_scores_cut_items(
     hella = [e for e in map(json.loads, lines) if e["kind"] == "hella"]
     # the items that do not fit, counted here from their token lengths
     tok = get_tokeniser(str(tkn))
-    examples = hs.load_examples(hellaswag, limit=20)
+    examples = hd.load_examples(hellaswag, limit=20)
     ctxs = tok.encode_ordinary_batch([ex["ctx"] for ex in examples])
     longest = [max(len(tok.encode_ordinary(" " + e)) for e in ex["endings"]) for ex in examples]
     too_long = sum(len(c) + e > 64 for c, e in zip(ctxs, longest, strict=True))

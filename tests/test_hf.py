@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import save_model_dir
 from gpt.config import GPTConfig
-from gpt.hf import ModelNotFoundError, NotGPT2Error, from_pretrained, main, save_pretrained
+from gpt.hf import NotGPT2Error, from_pretrained, main, save_pretrained
+from gpt.hf_hub import ModelNotFoundError
 from gpt.model.gpt2 import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -64,7 +65,7 @@ def test_hf_to_ours_logits_match(name: str, tmp_path: Path) -> None:
     shape = SHAPES[name]
     hf = random_hf_model(shape)
     hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path)
     assert ours.config.block_size == shape["block_size"]
     assert ours.config.vocab_size == shape["vocab_size"]
     idx = tokens(shape)
@@ -83,7 +84,7 @@ def test_ours_to_hf_logits_match_without_loading_warnings(
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # non-zero biases, non-unit LayerNorms
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     capfd.readouterr()
     hf, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     err = capfd.readouterr().err
@@ -102,7 +103,7 @@ def test_ours_to_hf_logits_match_without_loading_warnings(
 def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
     torch.manual_seed(3)
     model = GPT(GPTConfig(**SHAPES["non-square"]))
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     loaded = from_pretrained(tmp_path)
     before, after = model.state_dict(), loaded.state_dict()
     assert before.keys() == after.keys()
@@ -151,7 +152,7 @@ def test_gpt2_tokenizer_files_load_in_transformers(tmp_path: Path, gpt2_bpe_dir:
 
     tok = get_tokeniser("gpt2")
     model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
-    model.save_pretrained(tmp_path, tokeniser=tok)
+    save_pretrained(model, tmp_path, tokeniser=tok)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == 50256
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
@@ -168,7 +169,7 @@ def test_custom_tokeniser_exports_a_fast_tokenizer(tmp_path: Path) -> None:
     tok = GPTTokeniser.train(docs, vocab_size=300)
     tok.save(tmp_path / "small.tkn")
     model = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=1, n_head=2, n_embd=16))
-    model.save_pretrained(tmp_path / "export", tokeniser=str(tmp_path / "small.tkn"))
+    save_pretrained(model, tmp_path / "export", tokeniser=str(tmp_path / "small.tkn"))
     assert (tmp_path / "export" / "tokeniser.tkn").is_file()
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
     for text in [docs[0], docs[-1], "unseen wörds 9999<|endoftext|>x  \n", "😀 emoji"]:
@@ -196,13 +197,13 @@ def test_offline_hub_name_says_how_to_use_a_local_directory(
 ) -> None:
     import huggingface_hub.constants
 
-    import gpt.hf
+    import gpt.hf_hub
 
     def unreachable(*args: object, **kwargs: object) -> None:
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(gpt.hf.socket, "create_connection", unreachable)
+    monkeypatch.setattr(gpt.hf_hub.socket, "create_connection", unreachable)
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ModelNotFoundError, match="--local-dir DIR") as e:

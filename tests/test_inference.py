@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from gpt.checkpoint import save_model_dir
-from gpt.cli import run
+from gpt.cli import UserError, run
 from gpt.config import GPTConfig
+from gpt.hf import load_model, save_pretrained
 from gpt.model.gpt2 import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory, gpt2_bpe_dir: Path) -> tuple[
     model = GPT(GPT2_VOCAB)
     root = tmp_path_factory.mktemp("inference")
     save_model_dir(model, root / "ckpt", tokeniser_spec="gpt2")
-    model.save_pretrained(root / "export", tokeniser="gpt2")
+    save_pretrained(model, root / "export", tokeniser="gpt2")
     return root / "ckpt", root / "export"
 
 
@@ -50,7 +51,8 @@ def test_checkpoint_and_export_sample_the_same(dirs: tuple[Path, Path]) -> None:
     device = torch.device("cpu")
     texts = []
     for d in dirs:
-        model, tok = inference.load(str(d), None, device)
+        lm = load_model(str(d), device)
+        model, tok = lm.model, lm.tokeniser
         assert tok.name == "gpt2"
         texts.append(
             inference.sample(
@@ -63,7 +65,8 @@ def test_checkpoint_and_export_sample_the_same(dirs: tuple[Path, Path]) -> None:
 
 
 def test_seed_makes_samples_reproducible(dirs: tuple[Path, Path]) -> None:
-    model, tok = inference.load(str(dirs[0]), None, torch.device("cpu"))
+    lm = load_model(str(dirs[0]), torch.device("cpu"))
+    model, tok = lm.model, lm.tokeniser
     kwargs = dict(max_tokens=10, num_samples=2, temperature=0.8, top_p=0.9)
     a = inference.sample(model, tok, "The", seed=1, **kwargs)
     assert a == inference.sample(model, tok, "The", seed=1, **kwargs)
@@ -71,7 +74,8 @@ def test_seed_makes_samples_reproducible(dirs: tuple[Path, Path]) -> None:
 
 
 def test_stream_pieces_join_to_the_greedy_sample(dirs: tuple[Path, Path]) -> None:
-    model, tok = inference.load(str(dirs[0]), None, torch.device("cpu"))
+    lm = load_model(str(dirs[0]), torch.device("cpu"))
+    model, tok = lm.model, lm.tokeniser
     pieces = list(inference.stream(model, tok, "Once upon", max_tokens=15, temperature=0))
     [text] = inference.sample(model, tok, "Once upon", max_tokens=15, num_samples=1, temperature=0)
     assert "Once upon" + "".join(pieces) == text
@@ -124,5 +128,5 @@ def test_bad_settings_are_refused(
 def test_tokeniser_larger_than_the_model_is_refused(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
     save_model_dir(GPT(GPTConfig(block_size=16, vocab_size=512, n_layer=1, n_head=1, n_embd=8)),
                    tmp_path / "small", tokeniser_spec="gpt2")  # fmt: skip
-    with pytest.raises(inference.UserError, match="50257 tokens but the model only 512"):
-        inference.load(str(tmp_path / "small"), None, torch.device("cpu"))
+    with pytest.raises(UserError, match="50257 tokens but the model only 512"):
+        load_model(str(tmp_path / "small"), torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""The chunked language-model loss (gpt/model/gpt2.py `lm_loss`) against F.cross_entropy on full
+"""The chunked language-model loss (gpt/model/loss.py `lm_loss`) against F.cross_entropy on full
 logits, in float64: loss and gradients, chunks that do not divide the positions, padded
 vocabularies, and the model's forward."""
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gpt.model.gpt2
+import gpt.model.loss
 from gpt.config import GPTConfig
-from gpt.model.gpt2 import GPT, lm_loss
+from gpt.model.gpt2 import GPT
+from gpt.model.loss import lm_loss
 
 # Both sides compute in float64 and differ only in the order of their sums (over <= 1e4 terms of
 # size <= 10 here): rounding of ~1e4 * 2**-53 * 10 ~ 1e-11 at most, so 1e-9 is a safe bound
@@ -67,7 +68,7 @@ def test_model_loss_and_parameter_gradients_equal_the_plain_computation(
 ) -> None:
     """The whole model in float64, padded vocabulary (500 -> 512), chunks of 3 positions over
     2 x 7 = 14 positions: every parameter's gradient as with full logits."""
-    monkeypatch.setattr(gpt.model.gpt2, "LOSS_CHUNK_LOGITS", 3 * 500)
+    monkeypatch.setattr(gpt.model.loss, "LOSS_CHUNK_LOGITS", 3 * 500)
     config = GPTConfig(block_size=16, vocab_size=500, n_layer=2, n_head=2, n_embd=32,
                        pad_vocab_multiple=64)  # fmt: skip
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """The GPT-2 module: parameter counts against transformers, initialisation, padded vocabulary,
-FLOPs per token (hand-worked and counted)."""
+FLOPs per token (hand-worked and counted), and the one forward: cached and packed calls give the
+plain forward's logits."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import subprocess
 import sys
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt.config import GPTConfig, model_preset
+from gpt.model.generate import KVCache, generate
 from gpt.model.gpt2 import GPT
 
 
@@ -113,8 +116,8 @@ def test_padded_vocabulary_is_never_predicted() -> None:
     assert logits.shape == (3, 7, 500)
     reference = nn.functional.cross_entropy(logits.reshape(-1, 500), targets.reshape(-1))
     torch.testing.assert_close(loss, reference)
-    greedy = model.generate(idx, 20, temperature=0)
-    sampled = model.generate(idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    greedy = generate(model, idx, 20, temperature=0)
+    sampled = generate(model, idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(0))
     assert greedy.max() < 500 and sampled.max() < 500
 
 
@@ -173,3 +176,66 @@ def test_benchmark_bad_input_is_one_line_error() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+# The cached and packed calls run the same arithmetic through other kernels (attention over a
+# cache slice or under a mask, one query at a time, matmuls of other shapes), so in float32 they
+# differ from the plain forward by rounding (~1e-6). In float64 rounding is ~1e-15, and 1e-10
+# still catches any real error (a wrong position or mask changes logits by 1e-3 or more).
+EXACT = {"rtol": 1e-10, "atol": 1e-10}
+SMALL = GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
+
+
+def float64_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(SMALL).double().eval()
+
+
+def test_cached_prefill_and_decode_equal_the_full_forward() -> None:
+    """A prefill, single tokens, and a chunk of several tokens on a filled cache (its queries
+    attend causally to the cache and to each other)."""
+    model = float64_model()
+    idx = torch.randint(0, SMALL.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
+    cuts = [0, 7, 8, 13, 14, 15, 20]
+    cache = KVCache(SMALL, 3, 20, torch.device("cpu"), torch.float64)
+    with torch.no_grad():
+        full, _ = model(idx)  # (3, 20, V)
+        pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in pairwise(cuts)]
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, **EXACT)
+
+
+def packed_mask(segment: list[int], part: list[int]) -> torch.Tensor:
+    """(T, T) bool: causal, within a segment, each part seeing part 0 (a shared context) and
+    itself, as HellaSwag's packing does."""
+    seg, prt = torch.tensor(segment), torch.tensor(part)
+    causal = torch.ones(len(segment), len(segment), dtype=torch.bool).tril()
+    visible = (prt[None, :] == 0) | (prt[:, None] == prt[None, :])
+    return causal & (seg[:, None] == seg[None, :]) & visible
+
+
+def test_packed_forward_equals_each_sequence_alone() -> None:
+    """Row 0 packs two sequences (positions restart at the second); row 1 a context and two
+    endings (each ending sees the context and itself, positions continue after the context)."""
+    model = float64_model()
+    tok = torch.randint(0, SMALL.vocab_size, (22,), generator=torch.Generator().manual_seed(2))
+    a, b = tok[:6], tok[6:11]
+    ctx, e0, e1 = tok[11:15], tok[15:18], tok[18:22]
+    idx = torch.stack([torch.cat([a, b]), torch.cat([ctx, e0, e1])])  # (2, 11)
+    positions = torch.tensor([[*range(6), *range(5)], [*range(4), *range(4, 7), *range(4, 8)]])
+    mask = torch.stack(
+        [
+            packed_mask([0] * 6 + [1] * 5, [0] * 11),
+            packed_mask([0] * 11, [0] * 4 + [1] * 3 + [2] * 4),
+        ]
+    )
+    with torch.no_grad():
+        packed, _ = model(idx, positions=positions, mask=mask)  # (2, 11, V)
+
+        def alone(*parts: torch.Tensor) -> torch.Tensor:
+            return model(torch.cat(parts)[None])[0][0]  # (T, V)
+
+        torch.testing.assert_close(packed[0, :6], alone(a), **EXACT)
+        torch.testing.assert_close(packed[0, 6:], alone(b), **EXACT)
+        torch.testing.assert_close(packed[1, :7], alone(ctx, e0), **EXACT)
+        torch.testing.assert_close(packed[1, 7:], alone(ctx, e1)[4:], **EXACT)

@@ -13,6 +13,7 @@ import pytest
 
 from gpt import plot
 from gpt.cli import UserError, run
+from gpt.train.logs import parse_log_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,10 +38,10 @@ def _toy_events(steps: int = 40, tokens_per_step: int = 1000) -> list[dict]:
 
 
 def test_parse_log_line() -> None:
-    assert plot.parse_log_line("100 (52953088) val 6.6388\n") == (100, 52953088, "val", "6.6388")
+    assert parse_log_line("100 (52953088) val 6.6388\n") == (100, 52953088, "val", "6.6388")
     for bad in ("100 52953088 val 6.6", "x (1) val 2", "1 (2) val"):
         with pytest.raises(ValueError):
-            plot.parse_log_line(bad)
+            parse_log_line(bad)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ interruption gives the same bytes, custom and 32-bit tokenisers, refusals, the c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -14,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,7 +20,8 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from gpt.cli import run
+import fineweb as fineweb_cli  # the command at the project root
+from gpt.cli import count, run
 from gpt.data.prepare import CHUNK_DOCS, prepare_dataset
 from gpt.data.shards import (
     MANIFEST,
@@ -332,15 +331,6 @@ def test_vocabulary_over_65536_is_stored_as_uint32(tmp_path: Path) -> None:
     assert [d.tolist() for d in read_back(out)[1]] == expected_docs(tok, DOCS[:30])
 
 
-def fineweb_script() -> ModuleType:
-    """fineweb.py loaded as a module (it is a script beside the package, not in it)."""
-    spec = importlib.util.spec_from_file_location("fineweb", ROOT / "fineweb.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def fineweb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "fineweb.py", *args],
@@ -365,7 +355,6 @@ def test_fineweb_command(tmp_path: Path, reference: tiktoken.Encoding) -> None:
 
 
 def test_counts_on_the_command_line() -> None:
-    count = fineweb_script().count
     assert [count(t) for t in ("5000", "100M", "2.5K", "1e8", "1B")] == [
         5000,
         100_000_000,
@@ -394,7 +383,7 @@ def test_fineweb_bad_input_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        run(fineweb_script().main, [*args, "--out", str(tmp_path / "out")])
+        run(fineweb_cli.main, [*args, "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

@@ -3,7 +3,6 @@ fineweb-edu's schema, the offline error, and the embedded python-docs corpus."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -14,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from gpt.cli import parse_options
 from gpt.data import sources
 from gpt.data.sources import (
     FINEWEB_EDU,
+    DocumentOptions,
     SourceError,
-    add_source_args,
-    documents_from_args,
     iter_documents,
     iter_hub_dataset,
     iter_python_docs,
@@ -150,27 +149,25 @@ def test_bad_local_input(tmp_path: Path) -> None:
         list(iter_documents(str(bad)))
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_source_args(parser)
-    return parser.parse_args(list(argv))
+def _opts(*argv: str) -> DocumentOptions:
+    return parse_options(DocumentOptions, list(argv), "x", "")
 
 
-def test_documents_from_args(tmp_path: Path, monkeypatch) -> None:
+def test_document_options(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "a.txt").write_text("alpha")
-    assert list(documents_from_args(_args("--source", str(tmp_path)))) == ["alpha"]
+    assert list(_opts("--source", str(tmp_path)).documents()) == ["alpha"]
     with pytest.raises(SourceError, match="--name sample-1BT"):
-        documents_from_args(_args("--name", "sample-1BT"))
+        _opts("--name", "sample-1BT").documents()
     with pytest.raises(SourceError, match="needs --source fineweb-edu"):
-        documents_from_args(_args("--source", "python-docs", "--dataset", "org/data"))
+        _opts("--source", "python-docs", "--dataset", "org/data").documents()
 
     seen = []
     monkeypatch.setattr(
         sources, "iter_hub_dataset", lambda path, name, text_field: seen.append((path, name)) or []
     )
-    list(documents_from_args(_args("--dataset", "org/data", "--text-field", "content")))
-    list(documents_from_args(_args("--dataset", "org/data", "--name", "en")))
-    list(documents_from_args(_args()))
+    list(_opts("--dataset", "org/data", "--text-field", "content").documents())
+    list(_opts("--dataset", "org/data", "--name", "en").documents())
+    list(_opts().documents())
     assert seen == [("org/data", None), ("org/data", "en"), (FINEWEB_EDU, "sample-10BT")]
 
 

@@ -1,12 +1,12 @@
-"""Tests of gpt/data/tokeniser.py: GPT-2 against `transformers`, our BPE against hand-worked
-merges, a pure-Python BPE and the `tokenizers` trainer, round trips, the .tkn format and the script.
+"""Tests of gpt/data/tokeniser.py and gpt/data/bpe.py: GPT-2 against `transformers`, our BPE
+against hand-worked merges, a pure-Python BPE and the `tokenizers` trainer, round trips, the .tkn
+format and the tokeniser.py command.
 
     pytest tests/test_tokeniser.py -q
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -22,17 +22,16 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt.data.tokeniser import (
+from gpt.cli import parse_options
+from gpt.data.bpe import (
     ENDOFTEXT,
     GPT2_PATTERN,
     GPT4_PATTERN,
     PATTERNS,
-    GPTTokeniser,
     TokeniserError,
-    _bytes_to_unicode,
-    add_tokeniser_args,
-    get_tokeniser,
+    bytes_to_unicode,
 )
+from gpt.data.tokeniser import GPTTokeniser, TokeniserOptions, get_tokeniser, use_gpt2_bpe_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +149,7 @@ def offline_env(cache_dir: Path) -> dict[str, str]:
 
 def test_gpt2_offline_without_files_fails_with_one_clear_line(tmp_path: Path):
     code = (
-        "from gpt.data.tokeniser import get_tokeniser, TokeniserError\n"
+        "from gpt.data.bpe import TokeniserError\nfrom gpt.data.tokeniser import get_tokeniser\n"
         "try:\n    get_tokeniser('gpt2')\nexcept TokeniserError as e:\n    print(e)\n"
     )
     result = run_python(code, offline_env(tmp_path))
@@ -206,14 +205,16 @@ def test_gpt2_bpe_dir_mismatched_files(gpt2_bpe_dir: Path, tmp_path: Path, monke
         get_tokeniser("gpt2")
 
 
-def test_add_tokeniser_args(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_tokeniser_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
-    parser = argparse.ArgumentParser()
-    add_tokeniser_args(parser)
-    assert parser.parse_args([]).tokeniser == "gpt2"
+    opts = parse_options(TokeniserOptions, [], "x", "")
+    assert opts.tokeniser == "gpt2"
+    use_gpt2_bpe_dir(opts.gpt2_bpe_dir)
     assert "GPT2_BPE_DIR" not in os.environ
-    args = parser.parse_args(["--tokeniser", "x.tkn", "--gpt2-bpe-dir", str(tmp_path)])
-    assert (args.tokeniser, args.gpt2_bpe_dir) == ("x.tkn", str(tmp_path))
+    argv = ["--tokeniser", "x.tkn", "--gpt2-bpe-dir", str(tmp_path)]
+    opts = parse_options(TokeniserOptions, argv, "x", "")
+    assert (opts.tokeniser, opts.gpt2_bpe_dir) == ("x.tkn", str(tmp_path))
+    use_gpt2_bpe_dir(opts.gpt2_bpe_dir)
     assert os.environ["GPT2_BPE_DIR"] == str(tmp_path)
 
 
@@ -251,7 +252,7 @@ def reference_merges(docs: Sequence[str], n_merges: int, pattern: str) -> list[t
     Ties go to the pair whose ids are smallest in the `tokenizers` trainer's numbering (bytes in
     the order of their byte-level characters, then merges in order), which is its rule."""
     words = Counter(p.encode() for d in docs for p in regex.findall(pattern, d))
-    byte_char = _bytes_to_unicode()
+    byte_char = bytes_to_unicode()
     order = [0] * 256
     for i, b in enumerate(sorted(range(256), key=lambda b: byte_char[b])):
         order[b] = i
@@ -296,7 +297,7 @@ def hf_trained(docs: Sequence[str], vocab_size: int, pattern: str) -> object:
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 1, initial_alphabet=alphabet, show_progress=False
     )
@@ -312,7 +313,7 @@ def test_same_tokens_as_tokenizers_trainer(shared_data: Path, train_docs, tok, p
     hf = hf_trained(train_docs, 1000, PATTERNS[pattern])
     held_out = (shared_data / "corpora" / "wikitext2_test.txt").read_text(encoding="utf-8")
     held_out = held_out[:200_000]
-    char_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    char_byte = {c: b for b, c in bytes_to_unicode().items()}
     for text in [held_out, *HARD_STRINGS]:
         hf_tokens = [bytes(char_byte[c] for c in t) for t in hf.encode(text).tokens]
         our_ids = ours.encode_ordinary(text)
@@ -499,23 +500,22 @@ def test_merge_text_edit_is_caught(tok, tmp_path: Path):
 # The script ----------------------------------------------------------------------------------
 
 
-def run_script(args: list[str], *, module: bool = False) -> subprocess.CompletedProcess[str]:
-    cmd = (
-        [sys.executable, "-m", "gpt.data.tokeniser"]
-        if module
-        else [sys.executable, "gpt/data/tokeniser.py"]
-    )
+def run_script(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ)
+        [sys.executable, "tokeniser.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
     )
 
 
 def test_script_help():
     pytest.importorskip("gpt.data.sources")
-    for module in (False, True):
-        result = run_script(["--help"], module=module)
-        assert result.returncode == 0, result.stderr
-        assert "--vocab-size" in result.stdout and "50257" in result.stdout
+    result = run_script(["--help"])
+    assert result.returncode == 0, result.stderr
+    assert "--vocab-size" in result.stdout and "50257" in result.stdout
 
 
 def test_script_trains_on_a_local_folder(tmp_path: Path, shared_data: Path):

@@ -14,10 +14,11 @@ from types import ModuleType
 import pytest
 import torch
 
-from gpt import checkpoint as ckpt
 from gpt.cli import UserError
 from gpt.config import TRAIN_PRESETS, TrainConfig, train_preset
-from gpt.train.loop import lr_at
+from gpt.train import rundir
+from gpt.train import state as train_state
+from gpt.train.recipe import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,7 +182,7 @@ def test_resume_announces_and_applies_each_stated_change(
     ]
     run = tmp_path / "runs" / "t"
     optimizer = torch.load(
-        ckpt.step_dir(run, 10) / ckpt.OPTIMIZER_FILE, map_location="cpu", weights_only=True
+        rundir.step_dir(run, 10) / train_state.OPTIMIZER_FILE, map_location="cpu", weights_only=True
     )
     decayed, plain = optimizer["param_groups"]
     assert tuple(decayed["betas"]) == (0.9, 0.99) and decayed["eps"] == 1e-8

@@ -12,17 +12,18 @@ import pytest
 import torch
 
 from gpt import checkpoint as ckpt
+from gpt.cli import UserError
 from gpt.config import TrainConfig, model_preset, train_preset
 from gpt.data.loader import DataLoader
 from gpt.data.tokeniser import GPTTokeniser
+from gpt.finish import finish_run
+from gpt.model.generate import generate
 from gpt.model.gpt2 import GPT
-from gpt.train.loop import (
-    NonFiniteLossError,
-    configure_optimizer,
-    grad_accum_steps,
-    lr_at,
-    train,
-)
+from gpt.train import rundir
+from gpt.train import state as train_state
+from gpt.train.logs import RunLogger, read_events, truncate_logs
+from gpt.train.loop import NonFiniteLossError, train
+from gpt.train.recipe import configure_optimizer, grad_accum_steps, lr_at
 
 LOG_LINE = re.compile(r"^ ?\d+ \(\d+\) (train|val|hella|ckpt) -?\d+\.\d{4}$")
 
@@ -106,6 +107,44 @@ def test_weight_decay_only_on_matrices(tiny_config) -> None:
     assert n == model.num_params()  # every parameter once, the tied embedding included
 
 
+# ----------------------------------------------------------------------------- logs
+
+
+def test_logs_are_versioned_truncated_on_resume_and_read_back(tmp_path: Path) -> None:
+    """metrics.jsonl opens with its format record, which a resume's truncation keeps; log.txt
+    keeps the seed's format; both read back as the same events; another version is refused."""
+    log = RunLogger(tmp_path, TrainConfig(), enabled=True, fresh=True)
+    for step in range(3):
+        log.event(step, (step + 1) * 10, "train", 5.0 - step, lr=1e-3)
+    log.event(2, 30, "val", 4.5)
+    log.event(2, 30, "sample", "text", index=0)
+    log.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"kind": "format", "format": "gpt-alpha-metrics", "version": 1}
+    assert (tmp_path / "log.txt").read_text().splitlines()[-1] == " 2 (30) val 4.5000"
+    expected = [(0, 10, "train", 5.0), (1, 20, "train", 4.0), (2, 30, "train", 3.0)]
+    assert read_events(tmp_path / "metrics.jsonl")[:3] == expected
+    assert [e[:3] for e in read_events(tmp_path / "log.txt")] == [e[:3] for e in expected] + [
+        (2, 30, "val")
+    ]
+
+    truncate_logs(tmp_path, 2)  # resuming from the checkpoint after 2 steps
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept[0]["kind"] == "format"
+    assert [(e["step"], e["kind"]) for e in kept[1:]] == [
+        (0, "train"),
+        (1, "train"),
+        (2, "val"),
+        (2, "sample"),
+    ]
+    assert len((tmp_path / "log.txt").read_text().splitlines()) == 3
+
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text('{"kind": "format", "format": "gpt-alpha-metrics", "version": 2}\n')
+    with pytest.raises(UserError, match=r"newer.jsonl:1: metrics format .* version 2"):
+        read_events(newer)
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -130,11 +169,12 @@ def test_tiny_run_logs_checkpoints_and_learns(tiny_run_config, tmp_path: Path) -
     assert all(e["value"].startswith(cfg.sample_prompt) for e in events(run, "sample"))
 
     # the last samples are those of the final weights (fresh from the checkpoint)
-    final, _ = ckpt.load_model_dir(ckpt.step_dir(run, 10))
+    final, _ = ckpt.load_model_dir(rundir.step_dir(run, 10))
     tok = GPTTokeniser(Path(cfg.tokeniser))
     prompt = [tok.eot_token, *tok.encode(cfg.sample_prompt)]
     generator = torch.Generator().manual_seed(cfg.sample_seed)
-    new = final.generate(
+    new = generate(
+        final,
         torch.tensor([prompt]),
         cfg.sample_tokens,
         temperature=cfg.sample_temperature,
@@ -154,10 +194,10 @@ def test_tiny_run_logs_checkpoints_and_learns(tiny_run_config, tmp_path: Path) -
     assert saved["grad_accum_steps"] == 1 and saved["max_steps"] == 10
 
     # keep=1: the newest checkpoint plus the best one
-    assert ckpt.latest_checkpoint(run) == ckpt.step_dir(run, 10)
-    best = ckpt.best_checkpoint(run)
+    assert rundir.latest_checkpoint(run) == rundir.step_dir(run, 10)
+    best = rundir.best_checkpoint(run)
     assert best == result.best_checkpoint
-    assert set(ckpt.list_checkpoints(run)) == {best, ckpt.step_dir(run, 10)}
+    assert set(rundir.list_checkpoints(run)) == {best, rundir.step_dir(run, 10)}
     vals = [e["value"] for e in events(run, "val")]
     assert result.best_val_loss == min(vals) and result.final_val_loss == vals[-1]
     _, meta = ckpt.load_model_dir(best)
@@ -220,7 +260,7 @@ def test_grad_accumulation_equals_a_bigger_batch(tiny_run_config, tmp_path: Path
             out=str(tmp_path / f"b{batch}"),
         )
         train(run_cfg)
-        model, _ = ckpt.load_model_dir(ckpt.latest_checkpoint(run_cfg.out))
+        model, _ = ckpt.load_model_dir(rundir.latest_checkpoint(run_cfg.out))
         runs[batch] = ([e["value"] for e in events(Path(run_cfg.out), "train")], model.state_dict())
     (losses4, weights4), (losses8, weights8) = runs[4], runs[8]
     # Step 0's loss: the same weights on the same rows, a mean of 256 terms taken in two orders:
@@ -264,10 +304,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     cfg = tiny_run_config(max_steps=10, samples=0)
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 7") as err:
         train(cfg)
-    good = ckpt.step_dir(cfg.out, 5)
+    good = rundir.step_dir(cfg.out, 5)
     assert str(good) in str(err.value)
-    assert ckpt.latest_checkpoint(cfg.out) == good
-    state = ckpt.load_training_state(good)
+    assert rundir.latest_checkpoint(cfg.out) == good
+    state = train_state.load_training_state(good)
     assert state.step == 5 and state.tokens == 5 * 128
 
 
@@ -324,6 +364,6 @@ def test_compiled_training_matches_eager_and_evaluation_still_works(
 @pytest.mark.skipif(importlib.util.find_spec("gpt.hf") is None, reason="gpt/hf.py not there yet")
 def test_run_exports_the_best_checkpoint(tiny_run_config) -> None:
     cfg = tiny_run_config(max_steps=3, export=True, samples=0)
-    result = train(cfg)
+    result = finish_run(train(cfg), cfg)
     assert result.export_dir == Path(cfg.out) / "export"
     assert (result.export_dir / "config.json").is_file()

@@ -245,3 +245,13 @@ def manifest_tokeniser_spec(data_dir: str | Path) -> str:
 def split_shards(data_dir: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
     """Paths of the shards of `split`, in manifest order."""
     return [Path(data_dir) / s["file"] for s in manifest["shards"] if s["split"] == split]
+
+
+def split_tokens(manifest: dict[str, Any], split: str) -> int:
+    """Tokens in the shards of `split` ("train" or "val"), by the manifest.
+
+    >>> split_tokens({"shards": [{"split": "val", "tokens": 5}, {"split": "train", "tokens": 7}]},
+    ...              "train")
+    7
+    """
+    return sum(s["tokens"] for s in manifest["shards"] if s["split"] == split)

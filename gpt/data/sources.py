@@ -18,7 +18,6 @@ Sources:
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import itertools
@@ -26,6 +25,7 @@ import json
 import sysconfig
 import tokenize
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,7 @@ def iter_python_docs() -> Iterator[str]:
     """The embedded corpus: pydoc topics (sorted by name), then one document per standard library
     module (sorted by path) made of its module, class and function docstrings. Exact duplicate
     docstrings are dropped; the result depends only on the Python version."""
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # a 700 kB dict: only this source needs it
 
     seen: set[bytes] = set()
     for key in sorted(topics):
@@ -286,49 +286,36 @@ def _docstrings(node: ast.AST, qualname: str) -> Iterator[tuple[str, str]]:
                 yield from _docstrings(child, f"{qualname}.{child.name}")
 
 
-def add_source_args(parser: argparse.ArgumentParser) -> None:
-    """Add --source, --name, --dataset, --text-field."""
-    group = parser.add_argument_group("documents")
-    group.add_argument(
-        "--source",
-        default="fineweb-edu",
-        help="fineweb-edu (the hub), python-docs (the corpus inside Python, offline), or a "
-        "local file or folder of .txt/.jsonl/.json/.parquet",
-    )
-    group.add_argument(
-        "--name",
-        default=None,
-        help=f"hub config: for fineweb-edu one of {', '.join(FINEWEB_EDU_NAMES)}; "
-        f"None: {DEFAULT_NAME} for fineweb-edu, no config for --dataset",
-    )
-    group.add_argument(
-        "--dataset",
-        default=None,
-        help=f"another hub dataset with a text column, instead of {FINEWEB_EDU}",
-    )
-    group.add_argument(
-        "--text-field",
-        default="text",
-        help="the text field of .jsonl/.parquet rows and hub datasets",
-    )
+@dataclass
+class DocumentOptions:
+    """Where a command reads its documents (fineweb.py, tokeniser.py)."""
 
+    source: str = "fineweb-edu"
+    """fineweb-edu (the hub), python-docs (the corpus inside Python, offline), or a local file or
+    folder of .txt/.jsonl/.json/.parquet."""
+    name: str | None = None
+    """Hub config: for fineweb-edu one of sample-10BT, sample-100BT, sample-350BT; None:
+    sample-10BT for fineweb-edu, no config for --dataset."""
+    dataset: str | None = None
+    """Another hub dataset with a text column, instead of HuggingFaceFW/fineweb-edu."""
+    text_field: str = "text"
+    """The text field of .jsonl/.parquet rows and hub datasets."""
 
-def source_name(args: argparse.Namespace) -> str:
-    """The config name that `documents_from_args` uses: --name, or the fineweb-edu default."""
-    if args.name is not None:
-        return args.name
-    return DEFAULT_NAME if args.dataset is None else ""
+    def hub_name(self) -> str:
+        """The hub config that `documents` reads: --name, or the fineweb-edu default."""
+        if self.name is not None:
+            return self.name
+        return DEFAULT_NAME if self.dataset is None else ""
 
-
-def documents_from_args(args: argparse.Namespace, max_docs: int | None = None) -> Iterator[str]:
-    """The documents named by the flags of `add_source_args`."""
-    name = source_name(args) or None
-    if args.source == "fineweb-edu" and args.dataset is None and name not in FINEWEB_EDU_NAMES:
-        raise SourceError(f"--name {name}: fineweb-edu has {', '.join(FINEWEB_EDU_NAMES)}")
-    return iter_documents(
-        args.source,
-        name=name,
-        dataset=args.dataset,
-        text_field=args.text_field,
-        max_docs=max_docs,
-    )
+    def documents(self, max_docs: int | None = None) -> Iterator[str]:
+        """The documents these options name, at most `max_docs` of them."""
+        name = self.hub_name() or None
+        if self.source == "fineweb-edu" and self.dataset is None and name not in FINEWEB_EDU_NAMES:
+            raise SourceError(f"--name {name}: fineweb-edu has {', '.join(FINEWEB_EDU_NAMES)}")
+        return iter_documents(
+            self.source,
+            name=name,
+            dataset=self.dataset,
+            text_field=self.text_field,
+            max_docs=max_docs,
+        )

@@ -23,148 +23,23 @@ with its own tokenizer) use a plain batch of four right-padded rows per example,
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from gpt.checkpoint import is_checkpoint, load_model_dir
-from gpt.cli import ArgumentParser, UserError, run
-from gpt.fsio import write_json_atomic
+from gpt.hellaswag.data import N_ENDINGS, HellaSwagError
 from gpt.model.gpt2 import GPT
 
-HELLASWAG_URL = (
-    "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
-)
-SPLITS = ("val", "train")  # the test split has no labels
-N_ENDINGS = 4
 DEFAULT_BATCH_SIZE = 16
 ROW_TOKENS = 256  # packed rows hold at least this many tokens (longer when one example needs it)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Seconds a download may wait to connect or for more data: offline (a firewall that drops
-# packets), training goes on without HellaSwag after this, not after minutes.
-DOWNLOAD_TIMEOUT_S = 10
-
-
-class HellaSwagError(UserError):
-    """The HellaSwag file is missing, cannot be fetched, or is malformed."""
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def cache_dir() -> Path:
-    """Where downloaded splits live: env HELLASWAG_DIR, else ~/.cache/gpt-alpha/hellaswag."""
-    env = os.environ.get("HELLASWAG_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "gpt-alpha" / "hellaswag"
-
-
-def find_hellaswag_file(path: str | None = None, split: str = "val") -> Path | None:
-    """The split's jsonl: `path` if given, else (val split) env HELLASWAG_FILE, else the download
-    cache. Returns None when the file is not there; never downloads, never raises for absence.
-    """
-    if path is not None:
-        return Path(path) if Path(path).is_file() else None
-    env = os.environ.get("HELLASWAG_FILE")
-    if split == "val" and env and Path(env).is_file():
-        return Path(env)
-    cached = cache_dir() / f"hellaswag_{split}.jsonl"
-    return cached if cached.is_file() else None
-
-
-def download_split(split: str = "val", dest_dir: Path | None = None) -> Path:
-    """Download one split from the HellaSwag repository into `dest_dir` (atomic), once."""
-    dest_dir = cache_dir() if dest_dir is None else dest_dir
-    dest = dest_dir / f"hellaswag_{split}.jsonl"
-    if dest.is_file():
-        return dest
-    url = HELLASWAG_URL.format(split=split)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with (
-            os.fdopen(fd, "wb") as f,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-        ):
-            shutil.copyfileobj(response, f)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        raise HellaSwagError(
-            f"cannot download {url} ({reason}); fetch that file to {dest}"
-        ) from None
-    return dest
-
-
-def load_examples(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Read HellaSwag items (`ctx`, `endings` (4 strings), `label` 0-3) from a jsonl file.
-
-    Other fields are kept. Raises HellaSwagError naming the file and line of a bad item.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise HellaSwagError(f"no such HellaSwag file: {path}")
-    examples: list[dict[str, Any]] = []
-    for lineno, line in _numbered_lines(path):
-        if limit is not None and len(examples) >= limit:
-            break
-        if line.strip():
-            examples.append(_validated(line, f"{path}:{lineno}"))
-    if not examples:
-        raise HellaSwagError(f"{path}: no HellaSwag items")
-    return examples
-
-
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number from 1, line) of a UTF-8 text file; HellaSwagError naming the file, and the
-    line that is not UTF-8 (decoded line by line: a text-mode file decodes ahead, in blocks)."""
-    try:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    yield lineno, raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise HellaSwagError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
-    except OSError as e:
-        raise HellaSwagError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def _validated(line: str, where: str) -> dict[str, Any]:
-    """One parsed, checked item; labels given as strings ("2") become ints."""
-    try:
-        ex = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise HellaSwagError(f"{where}: not JSON ({e.msg})") from None
-    if not isinstance(ex, dict) or not isinstance(ex.get("ctx"), str):
-        raise HellaSwagError(f"{where}: an item needs a string 'ctx'")
-    endings = ex.get("endings")
-    if not (
-        isinstance(endings, list)
-        and len(endings) == N_ENDINGS
-        and all(isinstance(e, str) for e in endings)
-    ):
-        raise HellaSwagError(f"{where}: 'endings' must be a list of {N_ENDINGS} strings")
-    label = ex.get("label")
-    if isinstance(label, str) and label.isascii() and label.isdigit():
-        label = int(label)
-    if not isinstance(label, int) or not 0 <= label < N_ENDINGS:
-        raise HellaSwagError(f"{where}: 'label' must be 0-{N_ENDINGS - 1}, got {label!r}")
-    return {**ex, "label": label}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -330,30 +205,6 @@ def unwrap(model: nn.Module) -> GPT:
     return model
 
 
-def packed_hidden(
-    model: GPT, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Our GPT's forward with explicit positions and attention mask: the final hidden states.
-
-    idx, pos (R, T); mask (R, T, T) bool. Uses the model's own modules, the same arithmetic as
-    GPT.forward apart from the mask.
-    """
-    tr = model.transformer
-    n_head = model.config.n_head
-    attn_mask = mask[:, None]  # (R, 1, T, T), broadcast over heads
-    x = tr.wte(idx) + tr.wpe(pos)  # (R, T, C)
-    for block in tr.h:
-        h = block.ln_1(x)
-        R, T, C = h.shape
-        q, k, v = block.attn.c_attn(h).split(C, dim=2)
-        # (R, T, C) -> (R, nh, T, hs)
-        q, k, v = (z.view(R, T, n_head, C // n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (R, nh, T, hs)
-        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(R, T, C))
-        x = x + block.mlp(block.ln_2(x))
-    return tr.ln_f(x)
-
-
 def _log_likelihoods(
     logits: torch.Tensor, tgt: torch.Tensor, owner: torch.Tensor, n_items: int
 ) -> torch.Tensor:
@@ -368,9 +219,10 @@ def _log_likelihoods(
 def score_packed_batch(model: GPT, items: Sequence[Encoded], device: torch.device) -> torch.Tensor:
     """Log-likelihoods (len(items), 4) of each ending, from one packed forward pass."""
     b = build_packed_batch(items)
-    hidden = packed_hidden(model, b.idx.to(device), b.pos.to(device), b.mask.to(device))
+    idx, pos, mask = b.idx.to(device), b.pos.to(device), b.mask.to(device)
+    hidden = model.hidden(idx, positions=pos, mask=mask)  # (R, T, C)
     h = hidden.flatten(0, 1)[b.src.to(device)]  # (M, C): only positions that predict an ending
-    logits = model.lm_head(h)[:, : model.config.vocab_size]  # (M, V)
+    logits = model.logits(h)  # (M, V)
     return _log_likelihoods(logits, b.tgt.to(device), b.owner.to(device), len(items))
 
 
@@ -451,8 +303,6 @@ def score_items(
     """Log-likelihoods (N, 4) of every item's endings, `batch_size` items per call of score_fn."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    from tqdm import tqdm
-
     ll = np.zeros((len(items), N_ENDINGS), np.float64)
     bar = tqdm(total=len(items), unit="ex", disable=not progress, file=sys.stderr)
     for batch in _length_batches([it.packed_len for it in items], batch_size):
@@ -544,8 +394,6 @@ def evaluate(
         cut = sum(it.cut for it in items)
         counts += torch.tensor([len(mine), *correct, cut], dtype=torch.float64).to(device)
     if world_size > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n = int(counts[0].item())
     return {
@@ -553,224 +401,3 @@ def evaluate(
         **{m: counts[j + 1].item() / max(n, 1) for j, m in enumerate(METRICS)},
         "cut": int(counts[-1].item()),
     }
-
-
-# ----------------------------------------------------------------------------- models
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to score: ours or a Hugging Face one, with how to tokenise for it."""
-
-    name: str
-    kind: str  # "ours" or "hf"
-    model: nn.Module
-    encode_batch: Callable[[list[str]], list[list[int]]]
-    max_len: int
-    prefix: list[int]
-    empty_ctx: int
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto`: cuda if available, else mps, else cpu; anything else as torch.device reads it."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"bad --device {name!r}: {e}") from None
-
-
-def load_ours(path: str, device: torch.device) -> LoadedModel:
-    """One of our checkpoint directories, with the tokeniser named in it."""
-    from gpt.data.tokeniser import get_tokeniser
-
-    model, meta = load_model_dir(path, device=device)
-    tokeniser = get_tokeniser(meta.get("tokeniser") or "gpt2")
-    expected = meta.get("tokeniser_fingerprint")
-    if expected and expected != tokeniser.fingerprint:
-        raise UserError(
-            f"{path}: the tokeniser {tokeniser.spec} is not the one it was trained with"
-        )
-    if tokeniser.n_vocab > model.config.vocab_size:
-        raise UserError(
-            f"{path}: tokeniser has {tokeniser.n_vocab} tokens, "
-            f"the model only {model.config.vocab_size}"
-        )
-    return LoadedModel(
-        name=str(path),
-        kind="ours",
-        model=model,
-        encode_batch=tokeniser.encode_ordinary_batch,
-        max_len=model.config.block_size,
-        prefix=[],
-        empty_ctx=tokeniser.eot_token,
-    )
-
-
-def load_hf(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """A Hugging Face causal LM (directory or hub name) and its own tokenizer.
-
-    Contexts get the tokenizer's BOS token exactly when its default encoding adds one (OPT, Llama:
-    yes; GPT-2, Pythia: no); endings never do.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load Hugging Face model {name!r}: {first}") from None
-    bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-    cfg = model.config
-    max_len = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
-
-    def encode_batch(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    return LoadedModel(
-        name=name,
-        kind="hf",
-        model=model.to(device).eval(),
-        encode_batch=encode_batch,
-        max_len=int(max_len),
-        prefix=[bos] if adds_bos else [],
-        empty_ctx=bos if bos is not None else (tokenizer.eos_token_id or 0),
-    )
-
-
-def load_any(spec: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Our checkpoint directory, else a Hugging Face directory or hub name."""
-    if is_checkpoint(spec):
-        return load_ours(spec, device)
-    p = Path(spec)
-    if p.exists() and not (p / "config.json").is_file():
-        raise UserError(f"{spec}: neither one of our checkpoints nor a Hugging Face model folder")
-    if not p.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-        raise UserError(f"no such model directory: {spec}")
-    return load_hf(spec, device, dtype)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="hellaswag.py",
-        description="HellaSwag accuracy (acc, acc_norm, acc_norm_bytes) of one of our "
-        "checkpoints or a Hugging Face causal LM.",
-    )
-    p.add_argument(
-        "-m", "--model", required=True, help="our checkpoint dir, a HF model dir or a hub name"
-    )
-    p.add_argument(
-        "--data",
-        help="local HellaSwag jsonl (default: env HELLASWAG_FILE for the val split, else --split "
-        "downloaded once into env HELLASWAG_DIR or ~/.cache/gpt-alpha/hellaswag)",
-    )
-    p.add_argument(
-        "--split", choices=SPLITS, default="val", help="split to download (default: val)"
-    )
-    p.add_argument("--limit", type=int, help="score only the first N items (default: all)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"items per forward pass; HF models take 4 rows per item (default: "
-        f"{DEFAULT_BATCH_SIZE})",
-    )
-    p.add_argument(
-        "--seed-method",
-        action="store_true",
-        help="our models only: the seed's slow scoring, one item per forward (a baseline)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (cuda, else mps, else cpu), cpu, cuda:1, ... (default: auto)",
-    )
-    p.add_argument(
-        "--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype (default: float32)"
-    )
-    p.add_argument("--output", help="also write results and per-item predictions to this JSON")
-    return p
-
-
-def resolve_data(data: str | None, split: str) -> Path:
-    """--data if given, else HELLASWAG_FILE or the cache, else a download into the cache."""
-    if data is not None:
-        if not Path(data).is_file():
-            raise HellaSwagError(f"no such HellaSwag file: {data}")
-        return Path(data)
-    found = find_hellaswag_file(None, split)
-    if found is not None:
-        return found
-    try:
-        return download_split(split)
-    except HellaSwagError as e:
-        raise HellaSwagError(f"{e} or pass --data FILE") from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    data = resolve_data(args.data, args.split)
-    examples = load_examples(data, args.limit)
-    device = pick_device(args.device)
-    dtype = DTYPES[args.dtype]
-    lm = load_any(args.model, device, dtype)
-    if args.seed_method and lm.kind != "ours":
-        raise UserError("--seed-method applies to our checkpoints only")
-    items = encode_examples(examples, lm.encode_batch, lm.max_len, lm.prefix, lm.empty_ctx)
-    score_fn: ScoreFn = score_hf_batch
-    if lm.kind == "ours":
-        score_fn = score_seed_batch if args.seed_method else score_packed_batch
-    t0 = time.perf_counter()
-    with torch.autocast(
-        device.type, dtype=dtype, enabled=lm.kind == "ours" and dtype != torch.float32
-    ):
-        ll = score_items(
-            lm.model,
-            items,
-            score_fn,
-            device=device,
-            batch_size=args.batch_size,
-            progress=sys.stderr.isatty(),
-        )
-    seconds = time.perf_counter() - t0
-    result = summarise(examples, items, ll)
-    print(
-        f"{lm.name}: {result['n']} items, acc {result['acc']:.4f}, "
-        f"acc_norm {result['acc_norm']:.4f} (mean token loss), "
-        f"acc_norm_bytes {result['acc_norm_bytes']:.4f} (per byte, lm-eval's acc_norm); "
-        f"{result['cut']} cut to fit the context; {result['n'] / seconds:.1f} items/s"
-    )
-    if args.output:
-        write_json_atomic(
-            Path(args.output),
-            {
-                "model": lm.name,
-                "data": str(data),
-                "seconds": round(seconds, 3),
-                "metrics": {
-                    "acc": "highest total log-likelihood of the ending tokens",
-                    "acc_norm": "lowest mean per-token loss of the ending (seed, build-nanogpt)",
-                    "acc_norm_bytes": "highest log-likelihood per UTF-8 byte of the ending "
-                    "(lm-evaluation-harness's acc_norm / acc_bytes)",
-                },
-                **result,
-            },
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    run(main)

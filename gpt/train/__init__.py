@@ -1,2 +1,11 @@
-"""The training layer: the loop (loop), the recipe's arithmetic (recipe), parallelism, compile
-and autocast (parallel) and the run's logs (logs)."""
+"""The training layer: `loop.train(cfg)` runs a TrainConfig and returns a TrainResult.
+
+loop.py      the loop, top to bottom: build the run, step, evaluate, save (it only sequences)
+recipe.py    the recipe's arithmetic: accumulation, run length, learning-rate schedule, AdamW
+parallel.py  the only place that knows DDP, FSDP2, torch.compile and autocast
+inputs.py    what a run reads: the data's loaders, the model's shape, HellaSwag's examples
+logs.py      metrics.jsonl and log.txt, written (with console, TensorBoard, W&B) and read back
+mfu.py       model FLOPs utilisation: GPU peaks, CPU matmul measurement
+state.py     what a checkpoint holds besides the weights, from components' state_dict()s
+rundir.py    a run's checkpoints folder, its best link, pruning, and where a run resumes
+"""
