@@ -5,6 +5,7 @@ plotted (RUN/plots), on rank 0, once `gpt.train.loop.train` has returned. train.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from gpt import distributed
 from gpt.checkpoint import load_model_dir
 from gpt.config import TrainConfig
 from gpt.hf import save_pretrained
+from gpt.hf_card import run_facts
 from gpt.plot import plot_runs
+from gpt.train.logs import read_events, run_log
 from gpt.train.loop import TrainResult
 
 Say = Callable[[str], None]
@@ -33,9 +36,16 @@ def finish_run(result: TrainResult, cfg: TrainConfig, say: Say = distributed.pri
 
 
 def export(checkpoint: Path, out_dir: Path) -> Path:
-    """A checkpoint as a Hugging Face model directory, with the tokeniser it was trained with."""
+    """A checkpoint as a Hugging Face model directory, with the tokeniser it was trained with
+    and a model card that includes the run's last HellaSwag score up to the checkpoint."""
     model, meta = load_model_dir(checkpoint)
-    return save_pretrained(model, out_dir, meta["tokeniser"])
+    facts = run_facts(checkpoint)
+    if facts is not None:
+        run_dir = checkpoint.resolve().parent.parent
+        events = read_events(run_log(run_dir))
+        scores = [float(v) for s, _, kind, v in events if kind == "hella" and s <= facts.step]
+        facts = dataclasses.replace(facts, hellaswag=scores[-1] if scores else None)
+    return save_pretrained(model, out_dir, meta["tokeniser"], facts)
 
 
 def plot(run_dir: Path, say: Say) -> list[Path]:

@@ -10,7 +10,8 @@ torch.load(weights_only=True); nothing is unpickled.
 
 An export is what `transformers.GPT2LMHeadModel.from_pretrained(dir)` expects: config.json
 (model_type gpt2, the real vocabulary size, n_positions = block_size), model.safetensors (the
-real vocabulary rows only) and the tokenizer files (gpt/hf_tokenizer.py).
+real vocabulary rows only), the tokenizer files (gpt/hf_tokenizer.py) and a model card,
+README.md (gpt/hf_card.py).
 
 `load_model(spec)` is how every command opens a model: one of our checkpoint directories, a
 Hugging Face directory or a hub name (inference.py, hellaswag.py, the export command).
@@ -35,6 +36,7 @@ from gpt.config import GPTConfig
 from gpt.data.bpe import TokeniserError
 from gpt.data.tokeniser import Tokeniser, get_tokeniser
 from gpt.fsio import atomic_path, write_json_atomic
+from gpt.hf_card import RunFacts, push_to_hub, run_facts, write_model_card
 from gpt.hf_hub import HUB_NAMES, HUB_ORG, ModelNotFoundError, download_hub_model
 from gpt.hf_tokenizer import hf_tokeniser_spec, write_tokeniser_files
 from gpt.model.gpt2 import GPT
@@ -222,12 +224,16 @@ def hf_config(model: GPT, eos_token: int | None) -> dict[str, Any]:
 
 
 def save_pretrained(
-    model: GPT, out_dir: str | Path, tokeniser: Tokeniser | str | None = None
+    model: GPT,
+    out_dir: str | Path,
+    tokeniser: Tokeniser | str | None = None,
+    facts: RunFacts | None = None,
 ) -> Path:
     """Write `out_dir` as a Hugging Face GPT-2 model directory (each file atomically).
 
     tokeniser: a Tokeniser or a spec ("gpt2" or a .tkn path); its files are written too and its
-    end-of-text id becomes bos/eos_token_id.
+    end-of-text id becomes bos/eos_token_id. facts: how the model was trained, for the model
+    card (gpt/hf_card.py's run_facts).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +250,7 @@ def save_pretrained(
         write_tokeniser_files(out_dir, tok, model.config.block_size)
     eos = tok.eot_token if tok is not None else None
     write_json_atomic(out_dir / "config.json", hf_config(model, eos))
+    write_model_card(out_dir, model, tok, facts)
     return out_dir
 
 
@@ -371,6 +378,8 @@ class ExportOptions:
     """Our checkpoint or model directory (or a Hugging Face one)."""
     out: str = option(positional=True)
     """Output directory (created; files in it are replaced)."""
+    push_to_hub: str | None = None
+    """Also upload the directory to this hub model repository (created if needed), e.g. me/demo."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,8 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_dataclass_args(export, ExportOptions)
     opts = ExportOptions(**explicit_values(parser.parse_args(argv), ExportOptions))
     lm = load_model(opts.checkpoint, torch.device("cpu"))
-    out = save_pretrained(lm.model, opts.out, lm.tokeniser)  # type: ignore[arg-type]
+    facts = run_facts(opts.checkpoint) if is_checkpoint(opts.checkpoint) else None
+    out = save_pretrained(lm.model, opts.out, lm.tokeniser, facts)  # type: ignore[arg-type]
     print(f"exported {opts.checkpoint} ({lm.model.num_params():,} parameters) to {out}")
+    if opts.push_to_hub is not None:
+        print(f"pushed {out} to {push_to_hub(out, opts.push_to_hub)}")
     return 0
 
 

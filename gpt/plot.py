@@ -14,14 +14,23 @@ ckpt (a checkpoint was saved; value = its val loss), others are ignored. After a
 of a step that was already logged replace the earlier ones.
 
 loss.png: training loss (faint: raw; solid: moving average) and validation loss (dots) against
-tokens, with GPT-2 124M's validation loss on fineweb-edu (3.2924) as a horizontal line.
-hellaswag.png: HellaSwag acc_norm against tokens, with GPT-2 124M (0.2955), GPT-3 125M (0.337)
-and chance (0.25). The original GPT-alpha 124M run passes GPT-2 124M after about 5B tokens.
+tokens. hellaswag.png: HellaSwag acc_norm against tokens, with chance (0.25). The original
+GPT-alpha 124M run passes GPT-2 124M after about 5B tokens.
+
+Reference lines are drawn only where they compare, from what the run's folder records
+(RUN/config.json, written by training: the tokeniser and the data source; RUN/demo.json, written
+by the demo: the unigram entropy of its val split):
+    GPT-2's tokeniser                      GPT-2 124M (0.2955) and GPT-3 125M (0.337) on HellaSwag
+    ... and fineweb-edu (or data unknown)  GPT-2 124M's val loss on fineweb-edu (3.2924)
+    a demo.json                            the run's unigram entropy, in the run's colour
+A log with no config.json beside it has an unknown tokeniser, except --reference logs: those are
+the original GPT-alpha runs' logs, GPT-2-tokenised on fineweb-edu.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpt.cli import UserError, run
+from gpt.data.sources import FINEWEB_EDU
 from gpt.train.logs import Event, read_events, run_log
 
 if TYPE_CHECKING:
@@ -45,6 +55,8 @@ KIND_ALIASES = {"hellaswag": "hella"}
 PLOTTED_KINDS = ("train", "val", "hella", "ckpt")
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
 REFERENCE_COLOURS = ("#7f7f7f", "#a6761d", "#e377c2", "#393b79")
+RUN_CONFIG = "config.json"  # the resolved run configuration, written by gpt/train/loop.py
+DEMO_SUMMARY = "demo.json"  # the demo's baseline and result, written by gpt/demo.py
 
 
 @dataclass
@@ -54,6 +66,22 @@ class Run:
     name: str
     source: Path
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tokeniser: str | None = None
+    """The tokeniser it was trained with: "gpt2" or a .tkn path; None: unknown."""
+    data: str | None = None
+    """The source of its data as the manifest records it; None: unknown."""
+    unigram_entropy: float | None = None
+    """Its own val-loss baseline, the unigram entropy of its val split (nats/token), if known."""
+
+    @property
+    def gpt2_tokens(self) -> bool:
+        """Trained with GPT-2's tokeniser: GPT-2's and GPT-3's HellaSwag lines compare."""
+        return self.tokeniser == "gpt2"
+
+    @property
+    def gpt2_val(self) -> bool:
+        """GPT-2 124M's val loss on fineweb-edu compares: same tokeniser, same data (or unknown)."""
+        return self.gpt2_tokens and (self.data is None or self.data.startswith(FINEWEB_EDU))
 
     def get(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         empty = np.zeros(0)
@@ -90,15 +118,46 @@ def build_series(events: Iterable[Event]) -> dict[str, tuple[np.ndarray, np.ndar
     }
 
 
-def load_run(path: Path, name: str | None = None) -> Run:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file; {} when it is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not a JSON object")
+    return obj
+
+
+def load_run(path: Path, name: str | None = None, tokeniser: str | None = None) -> Run:
     """A run directory (metrics.jsonl, else log.txt), a .jsonl file or a text log, read through
-    gpt/train/logs.py."""
+    gpt/train/logs.py, with what its folder's config.json and demo.json record. `tokeniser`:
+    the one to assume when there is no config.json."""
     path = Path(path)
     log = run_log(path)
     series = build_series(read_events(log))
     if not series:
         raise UserError(f"{log}: no train, val or HellaSwag events")
-    return Run(name or (path.name if path.is_dir() else path.stem), path, series)
+    folder = path if path.is_dir() else path.parent
+    config = _read_json(folder / RUN_CONFIG)
+    if config:
+        recorded = config.get("tokeniser")
+        tokeniser = (
+            recorded.get("spec")
+            if isinstance(recorded, dict)
+            else config.get("train", {}).get("tokeniser")
+        )
+    entropy = _as_float(_read_json(folder / DEMO_SUMMARY).get("unigram_entropy"))
+    return Run(
+        name or (path.name if path.is_dir() else path.stem),
+        path,
+        series,
+        tokeniser=tokeniser,
+        data=config.get("data", {}).get("source"),
+        unigram_entropy=entropy,
+    )
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -205,10 +264,12 @@ def _marker(n: int) -> str:
     return "o" if n <= 60 else ""
 
 
-def _loss_ylim(curves: Sequence[tuple[np.ndarray, np.ndarray]], xmax: float) -> tuple[float, float]:
+def _loss_ylim(
+    curves: Sequence[tuple[np.ndarray, np.ndarray]], xmax: float, lines: Sequence[float]
+) -> tuple[float, float]:
     """Leave out the first steps' loss (~11): the top is the highest loss after the first 5% of
-    the axis, the bottom the lowest loss; the GPT-2 line always shows."""
-    tops, bottoms = [GPT2_124M_VAL_LOSS], [GPT2_124M_VAL_LOSS]
+    the axis, the bottom the lowest loss; the horizontal reference `lines` always show."""
+    tops, bottoms = list(lines), list(lines)
     for tokens, values in curves:
         later = values[tokens >= 0.05 * xmax]
         if len(later):
@@ -220,11 +281,24 @@ def _loss_ylim(curves: Sequence[tuple[np.ndarray, np.ndarray]], xmax: float) -> 
     return lo - pad, hi + pad
 
 
+def _loss_lines(runs: Sequence[Run], references: Sequence[Run]) -> list[tuple[float, str, str]]:
+    """(loss, colour, label) of the horizontal lines: GPT-2 124M's val loss when some run's
+    compares with it, and each run's own unigram entropy where it is known."""
+    lines = []
+    if any(r.gpt2_val for r in [*runs, *references]):
+        lines.append((GPT2_124M_VAL_LOSS, "black", f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})"))
+    for r, colour, label in _styles(runs, references):
+        if r.unigram_entropy is not None:
+            text = f"{label}: unigram entropy of the val split ({r.unigram_entropy:.2f})"
+            lines.append((r.unigram_entropy, colour, text))
+    return lines
+
+
 def loss_figure(
     runs: Sequence[Run], references: Sequence[Run] = (), window: int | None = None
 ) -> Figure:
     """Training loss (raw, faint; moving average, solid), val loss (dashed), the last checkpoint
-    (triangle) and the GPT-2 124M baseline."""
+    (triangle) and the baselines that compare (`_loss_lines`)."""
     fig, ax = _new_axes("Loss against tokens trained", "cross-entropy loss (nats/token)")
     xmax = _x_extent(runs, references)
     limits: list[tuple[np.ndarray, np.ndarray]] = []
@@ -259,21 +333,18 @@ def loss_figure(
                 linestyle="none",
                 label=f"{label}: last checkpoint",
             )
-    ax.axhline(
-        GPT2_124M_VAL_LOSS,
-        color="black",
-        linestyle=":",
-        linewidth=1.2,
-        label=f"OpenAI GPT-2 124M val ({GPT2_124M_VAL_LOSS})",
-    )
+    lines = _loss_lines(runs, references)
+    for y, colour, label in lines:
+        ax.axhline(y, color=colour, linestyle=":", linewidth=1.2, label=label)
     ax.set_xlim(0, 1.02 * xmax)
-    ax.set_ylim(*_loss_ylim(limits, xmax))
+    ax.set_ylim(*_loss_ylim(limits, xmax, [y for y, _, _ in lines]))
     ax.legend(loc="upper right", fontsize=9)
     return fig
 
 
 def hellaswag_figure(runs: Sequence[Run], references: Sequence[Run] = ()) -> Figure:
-    """HellaSwag acc_norm per run, with the GPT-2 124M, GPT-3 125M and chance lines."""
+    """HellaSwag acc_norm per run, with chance, and GPT-2 124M's and GPT-3 125M's lines when
+    some run has GPT-2's tokeniser."""
     fig, ax = _new_axes("HellaSwag accuracy against tokens trained", "HellaSwag acc_norm")
     xmax = _x_extent(runs, references)
     for r, colour, label in _styles(runs, references):
@@ -288,11 +359,13 @@ def hellaswag_figure(runs: Sequence[Run], references: Sequence[Run] = ()) -> Fig
                 linewidth=1.3,
                 label=label,
             )
-    for y, style, label in (
-        (GPT3_125M_HELLASWAG, "-.", f"OpenAI GPT-3 125M ({GPT3_125M_HELLASWAG})"),
-        (GPT2_124M_HELLASWAG, "--", f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})"),
-        (CHANCE_HELLASWAG, ":", "chance (0.25)"),
-    ):
+    lines = [(CHANCE_HELLASWAG, ":", f"chance ({CHANCE_HELLASWAG})")]
+    if any(r.gpt2_tokens for r in [*runs, *references]):
+        lines[:0] = [
+            (GPT3_125M_HELLASWAG, "-.", f"OpenAI GPT-3 125M ({GPT3_125M_HELLASWAG})"),
+            (GPT2_124M_HELLASWAG, "--", f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})"),
+        ]
+    for y, style, label in lines:
         ax.axhline(y, color="black", linestyle=style, linewidth=1.1, label=label)
     ax.set_xlim(0, 1.02 * xmax)
     ax.legend(loc="upper left", fontsize=9)
@@ -315,7 +388,7 @@ def plot_runs(
     if not run_dirs and not reference:
         raise ValueError("nothing to plot: give at least one run directory or reference log")
     runs = [load_run(Path(p)) for p in run_dirs]
-    references = [load_run(Path(p)) for p in reference]
+    references = [load_run(Path(p), tokeniser="gpt2") for p in reference]
     _unique_names(runs, run_dirs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="extend",
         type=Path,
         default=[],
-        help="reference logs (seed's text format or metrics.jsonl), drawn in muted colours",
+        help="reference logs (seed's text format or metrics.jsonl), drawn in muted colours; "
+        "without a config.json beside them, taken as GPT-2-tokenised fineweb-edu runs",
     )
     args = p.parse_args(argv)
     if not args.runs and not args.reference:

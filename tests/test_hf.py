@@ -218,6 +218,7 @@ def test_export_command(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [
+        "README.md",
         "config.json",
         "merges.txt",
         "model.safetensors",

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ import pytest
 from gpt import plot
 from gpt.cli import UserError, run
 from gpt.train.logs import parse_log_line
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -138,18 +142,96 @@ def test_plot_runs_writes_pngs(shared_data: Path, tmp_path: Path) -> None:
     assert plot.plot_runs([c], tmp_path / "out_c") == [tmp_path / "out_c" / "loss.png"]
 
 
+def _config(
+    run_dir: Path, spec: str, source: str = "HuggingFaceFW/fineweb-edu (sample-10BT)"
+) -> Path:
+    """RUN/config.json as training writes it (the parts gpt/plot.py reads)."""
+    config = {"train": {"tokeniser": spec}, "tokeniser": {"spec": spec}, "data": {"source": source}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+def _labels(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def _hlines(fig: Figure) -> dict[str, float]:
+    """Label -> height of the figure's horizontal lines."""
+    return {
+        line.get_label(): float(line.get_ydata()[0])
+        for line in fig.axes[0].get_lines()
+        if len(set(line.get_ydata())) == 1 and list(line.get_xdata()) == [0, 1]
+    }
+
+
 def test_figure_contents(tmp_path: Path) -> None:
-    """Titles, axis labels, legend entries and the baselines are on the figures."""
-    runs = [plot.load_run(_write_metrics(tmp_path / "a", _toy_events()))]
+    """Titles, axis labels, legend entries and the GPT-2 baselines of a GPT-2-tokenised run."""
+    runs = [plot.load_run(_config(_write_metrics(tmp_path / "a", _toy_events()), "gpt2"))]
+    assert runs[0].tokeniser == "gpt2" and runs[0].unigram_entropy is None
     fig = plot.loss_figure(runs)
     ax = fig.axes[0]
     assert "Loss" in ax.get_title() and ax.get_xlabel() == "tokens trained"
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["a: train (smoothed)", "a: val", "OpenAI GPT-2 124M val (3.2924)"]
+    assert _labels(fig) == ["a: train (smoothed)", "a: val", "OpenAI GPT-2 124M val (3.2924)"]
+    assert _hlines(fig) == {"OpenAI GPT-2 124M val (3.2924)": 3.2924}
+    lo, hi = ax.get_ylim()
+    assert lo < 3.2924 < hi  # the line shows though the toy run's loss stays above 4
     assert ax.xaxis.get_major_formatter()(40_000, 0) == "40K"
     fig = plot.hellaswag_figure(runs)
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "OpenAI GPT-2 124M (0.2955)" in labels and "OpenAI GPT-3 125M (0.337)" in labels
+    assert _hlines(fig) == {
+        "OpenAI GPT-3 125M (0.337)": 0.337,
+        "OpenAI GPT-2 124M (0.2955)": 0.2955,
+        "chance (0.25)": 0.25,
+    }
+
+
+@pytest.mark.parametrize(
+    "spec, source",
+    [
+        ("cache/mine/tokeniser.tkn", "HuggingFaceFW/fineweb-edu (sample-10BT)"),  # own tokeniser
+        (None, None),  # no config.json: nothing is known
+        ("gpt2", "python-docs"),  # GPT-2's tokeniser on other data: HellaSwag compares, loss not
+    ],
+)
+def test_no_gpt2_lines_where_they_do_not_compare(
+    tmp_path: Path, spec: str | None, source: str | None
+) -> None:
+    run_dir = _write_metrics(tmp_path / "b", _toy_events())
+    if spec is not None and source is not None:
+        _config(run_dir, spec, source)
+    runs = [plot.load_run(run_dir)]
+    assert _hlines(plot.loss_figure(runs)) == {}
+    assert _labels(plot.loss_figure(runs)) == ["b: train (smoothed)", "b: val"]
+    hellaswag = _hlines(plot.hellaswag_figure(runs))
+    assert ("OpenAI GPT-2 124M (0.2955)" in hellaswag) == (spec == "gpt2")
+    assert hellaswag["chance (0.25)"] == 0.25
+
+
+def test_demo_run_gets_its_unigram_line(shared_data: Path, tmp_path: Path) -> None:
+    """A demo run (own tokeniser, RUN/demo.json) draws its unigram entropy, in its colour, and
+    no GPT-2 line, until a GPT-2-tokenised reference joins it."""
+    run_dir = _config(_write_metrics(tmp_path / "demo", _toy_events()), "cache/demo/t.tkn")
+    (run_dir / "demo.json").write_text(json.dumps({"unigram_entropy": 6.7512, "seconds": 1.0}))
+    runs = [plot.load_run(run_dir)]
+    fig = plot.loss_figure(runs)
+    label = "demo: unigram entropy of the val split (6.75)"
+    assert _hlines(fig) == {label: 6.7512}
+    line = next(x for x in fig.axes[0].get_lines() if x.get_label() == label)
+    assert line.get_color() == plot.RUN_COLOURS[0]
+    assert label in _labels(fig)
+    ref = plot.load_run(shared_data / "reference" / "gpt-alpha" / "train_log_10B.txt")
+    assert ref.tokeniser is None  # a bare log: unknown, unless given as a reference
+    refs = [plot.load_run(ref.source, tokeniser="gpt2")]
+    assert set(_hlines(plot.loss_figure(runs, refs))) == {label, "OpenAI GPT-2 124M val (3.2924)"}
+
+
+def test_bad_run_files(tmp_path: Path) -> None:
+    run_dir = _write_metrics(tmp_path / "r", _toy_events())
+    (run_dir / "demo.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"demo.json: not valid JSON"):
+        plot.load_run(run_dir)
+    (run_dir / "demo.json").write_text("[6.75]")
+    with pytest.raises(UserError, match=r"demo.json: not a JSON object"):
+        plot.load_run(run_dir)
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
