@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from gpt.cli import UserError
 from gpt.config import GPTConfig
-from gpt.fsio import atomic_dir, write_json_atomic
+from gpt.fsio import atomic_dir, read_json_object, write_json_atomic
 from gpt.model.gpt2 import GPT
 
 FORMAT_NAME = "gpt-alpha-checkpoint"
@@ -109,14 +109,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     cfg = path / CONFIG_FILE
     if not cfg.is_file():
         raise CheckpointError(f"{path}: not a GPT-α checkpoint (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg}: damaged JSON ({e})") from None
-    except OSError as e:
-        raise CheckpointError(f"{cfg}: cannot read ({e.strerror})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{cfg}: damaged (not a JSON object)")
+    meta = read_json_object(cfg, CheckpointError)
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{cfg}: not a GPT-α checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:

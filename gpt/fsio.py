@@ -1,4 +1,5 @@
-"""Atomic writes: a file or a directory appears whole or not at all. The project's only copy.
+"""Atomic writes (a file or a directory appears whole or not at all) and the validated read of
+a JSON object file: the project's only copies.
 
 Every writer fills a temporary file (or folder) beside its target, flushes it to disk and then
 renames it over the target in one step, so a reader, or a run resumed after a crash, sees the
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from gpt.cli import UserError
 
 
 def _umask() -> int:
@@ -69,6 +72,27 @@ def atomic_write(path: str | Path) -> Iterator[IO[bytes]]:
     """A binary file object whose content replaces `path` only when the block succeeds."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         yield f
+
+
+def read_json_object(
+    path: str | Path, error: type[UserError] = UserError, what: str = "JSON"
+) -> dict[str, Any]:
+    """The JSON object in the file `path`. A file that cannot be read, is not JSON or holds
+    another kind of value raises `error` (a UserError) naming the file and `what` it is.
+
+    >>> read_json_object(Path(tempfile.mkdtemp()) / "none.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    gpt.cli.UserError: .../none.json: cannot read (No such file or directory)
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: damaged {what} ({e})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: not a JSON object")
+    return obj
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -35,7 +35,7 @@ from gpt.cli import ArgumentParser, UserError, add_dataclass_args, explicit_valu
 from gpt.config import GPTConfig
 from gpt.data.bpe import TokeniserError
 from gpt.data.tokeniser import Tokeniser, get_tokeniser
-from gpt.fsio import atomic_path, write_json_atomic
+from gpt.fsio import atomic_path, read_json_object, write_json_atomic
 from gpt.hf_card import RunFacts, push_to_hub, run_facts, write_model_card
 from gpt.hf_hub import HUB_NAMES, HUB_ORG, ModelNotFoundError, download_hub_model
 from gpt.hf_tokenizer import hf_tokeniser_spec, write_tokeniser_files
@@ -156,12 +156,7 @@ def load_hf_dir(folder: Path) -> GPT:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"{folder}: no config.json (not a Hugging Face model directory)")
-    try:
-        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NotGPT2Error(f"{config_file}: damaged JSON ({e})") from None
-    if not isinstance(hf_config, dict):
-        raise NotGPT2Error(f"{config_file}: damaged (not a JSON object)")
+    hf_config = read_json_object(config_file, NotGPT2Error)
     config = config_from_hf(hf_config, str(config_file))
     state = {k: v.float().contiguous() for k, v in state_from_hf(read_weights(folder)).items()}
     with torch.device("meta"):

@@ -30,7 +30,6 @@ the original GPT-alpha runs' logs, GPT-2-tokenised on fineweb-edu.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import numpy as np
 
 from gpt.cli import UserError, run
 from gpt.data.sources import FINEWEB_EDU
+from gpt.fsio import read_json_object
 from gpt.train.logs import Event, read_events, run_log
 
 if TYPE_CHECKING:
@@ -120,15 +120,7 @@ def build_series(events: Iterable[Event]) -> dict[str, tuple[np.ndarray, np.ndar
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object file; {} when it is absent."""
-    if not path.is_file():
-        return {}
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: not a JSON object")
-    return obj
+    return read_json_object(path) if path.is_file() else {}
 
 
 def load_run(path: Path, name: str | None = None, tokeniser: str | None = None) -> Run:

@@ -227,7 +227,7 @@ def test_demo_run_gets_its_unigram_line(shared_data: Path, tmp_path: Path) -> No
 def test_bad_run_files(tmp_path: Path) -> None:
     run_dir = _write_metrics(tmp_path / "r", _toy_events())
     (run_dir / "demo.json").write_text("{not json")
-    with pytest.raises(UserError, match=r"demo.json: not valid JSON"):
+    with pytest.raises(UserError, match=r"demo.json: damaged JSON"):
         plot.load_run(run_dir)
     (run_dir / "demo.json").write_text("[6.75]")
     with pytest.raises(UserError, match=r"demo.json: not a JSON object"):

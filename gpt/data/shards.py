@@ -17,7 +17,6 @@ let a loader shuffle documents without scanning for end-of-text tokens.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from gpt.cli import UserError
-from gpt.fsio import atomic_write
+from gpt.fsio import atomic_write, read_json_object
 
 MAGIC = b"GPTASHRD"
 FORMAT_VERSION = 1
@@ -189,12 +188,7 @@ def read_manifest(data_dir: str | Path, *, allow_incomplete: bool = False) -> di
         raise DataError(f"{data_dir}: data directory is empty (prepare it with fineweb.py)")
     if not path.is_file():
         raise DataError(f"{path}: no manifest; {data_dir} is not a prepared data directory")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: damaged manifest ({e})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the manifest ({e.strerror})") from None
+    manifest = read_json_object(path, DataError, "manifest")
     _validate_manifest(manifest, path)
     if not manifest["complete"] and not allow_incomplete:
         raise DataError(
