@@ -4,7 +4,8 @@
     python bench/gpu.py --smoke      # the same code on CPU with the tiny preset, in seconds
 
 Everything goes through the project's own functions: `train(TrainConfig)` for training (its
-metrics.jsonl gives tokens/s and MFU per step), `gpt.model.generate`, `gpt.hellaswag.evaluate`, and
+metrics.jsonl gives tokens/s and MFU per step), `gpt.model.generate`,
+`gpt.hellaswag.score.evaluate`, and
 `--resume` for the resume check. The data are synthetic: random token ids, decoded to text and
 written by gpt/data/prepare.py into shards in a temporary directory (the loader wraps around them).
 

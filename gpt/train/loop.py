@@ -340,7 +340,7 @@ def validation_loss(run: Run, model: GPT) -> float:
     total = torch.zeros((), device=run.device)
     for _ in range(run.val_steps):
         x, y = run.val_loader.next_batch()
-        x, y = x.to(run.device), y.to(run.device)
+        x, y = run.parallel.to_device(x), run.parallel.to_device(y)
         with run.parallel.autocast():
             _, loss = model(x, y)
         total += loss.detach().float()
@@ -363,7 +363,8 @@ def hellaswag(run: Run, model: GPT, tokens: int) -> None:
         )
     extras = {k: result[k] for k in ("acc", "acc_norm_bytes", "n", "cut")}
     run.log.event(run.step, tokens, "hella", float(result["acc_norm"]), **extras)
-    # Items longer than the model's context are scored cut from the left (gpt.hellaswag.fit_context)
+    # Items longer than the model's context are scored cut from the left (see
+    # gpt.hellaswag.score.fit_context)
     cut = f" ({result['cut']} of {result['n']} cut to fit the context)" if result["cut"] else ""
     run.log.print(f"step {run.step:6d} | hellaswag acc_norm {result['acc_norm']:.4f}{cut}")
 
