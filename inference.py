@@ -1,4 +1,5 @@
-"""Sample text from a model: one of our checkpoints, a Hugging Face GPT-2 directory or hub name.
+"""Sample text from a model: one of our checkpoints, a Hugging Face GPT-2 or Qwen3 directory, or a
+hub name.
 
     python inference.py --model runs/demo/export --prompt "The" --max-tokens 64
     python inference.py --model gpt2 --prompt "Hello, I'm a language model," --stream
@@ -22,8 +23,8 @@ from gpt.cli import UserError, parse_options, run
 from gpt.data.tokeniser import Tokeniser, TokeniserOptions, use_gpt2_bpe_dir
 from gpt.distributed import resolve_device
 from gpt.hf import load_model
+from gpt.model.base import LanguageModel
 from gpt.model.generate import check_sampling, generate, generate_stream
-from gpt.model.gpt2 import GPT
 
 
 @dataclass(kw_only=True)  # a required field after the tokeniser's defaulted ones
@@ -31,8 +32,8 @@ class InferenceOptions(TokeniserOptions):
     """inference.py: the model, the prompt and how to sample."""
 
     model: str
-    """Our checkpoint directory, a Hugging Face GPT-2 directory, or a hub name (gpt2,
-    gpt2-medium, gpt2-large, gpt2-xl)."""
+    """Our checkpoint directory, a Hugging Face GPT-2 or Qwen3 directory (our exports of
+    either family), or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name)."""
     tokeniser: str | None = None
     """'gpt2' or a .tkn file (None: the model's own, else gpt2)."""
     prompt: str = "Hello, I'm a language model,"
@@ -75,7 +76,7 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator | 
 
 
 def sample(
-    model: GPT,
+    model: LanguageModel,
     tok: Tokeniser,
     prompt: str,
     *,
@@ -87,7 +88,7 @@ def sample(
     seed: int | None = None,
 ) -> list[str]:
     """num_samples continuations of prompt (as one batch), each cut at <|endoftext|>."""
-    device = model.transformer.wte.weight.device
+    device = model.lm_head.weight.device
     ids = prompt_ids(tok, prompt)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     out = generate(
@@ -108,7 +109,7 @@ def sample(
 
 
 def stream(
-    model: GPT,
+    model: LanguageModel,
     tok: Tokeniser,
     prompt: str,
     *,
@@ -119,7 +120,7 @@ def stream(
     generator: torch.Generator | None = None,
 ) -> Iterator[str]:
     """The text of one continuation, piece by piece as tokens arrive (UTF-8 safe)."""
-    device = model.transformer.wte.weight.device
+    device = model.lm_head.weight.device
     idx = torch.tensor([prompt_ids(tok, prompt)], dtype=torch.long, device=device)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     steps = generate_stream(
@@ -141,7 +142,7 @@ def stream(
 
 
 def print_streamed(
-    model: GPT, tok: Tokeniser, opts: InferenceOptions, device: torch.device
+    model: LanguageModel, tok: Tokeniser, opts: InferenceOptions, device: torch.device
 ) -> None:
     """--stream: each sample printed token by token, one after the other."""
     generator = make_generator(device, opts.seed)
@@ -159,13 +160,16 @@ def print_streamed(
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_options(
-        InferenceOptions, argv, prog="inference.py", description="Sample text from a GPT-2 model."
+        InferenceOptions,
+        argv,
+        prog="inference.py",
+        description="Sample text from a GPT-2 or Qwen3-layout model.",
     )
     check(opts)
     use_gpt2_bpe_dir(opts.gpt2_bpe_dir)
     device = resolve_device(opts.device)
     lm = load_model(opts.model, device, tokeniser=opts.tokeniser)
-    assert isinstance(lm.model, GPT) and lm.tokeniser is not None  # kind "ours"
+    assert isinstance(lm.model, LanguageModel) and lm.tokeniser is not None  # kind "ours"
     if opts.stream:
         print_streamed(lm.model, lm.tokeniser, opts, device)
         return 0

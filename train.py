@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=list(TRAIN_PRESETS),
         default=None,
-        help="named recipe; demo also trains the tokeniser and prepares the data (default: gpt2)",
+        help="named recipe; demo and modern-demo also make their tokeniser and data (default gpt2)",
     )
     parser.add_argument(
         "--config", metavar="FILE.toml", default=None, help="TOML file of TrainConfig fields"
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in changes:
         distributed.print0(line)
     try:
-        if preset == "demo":
+        if preset in ("demo", "modern-demo"):
             run_demo(cfg, env=env)
         else:
             report(finish_run(train(cfg, env), cfg))

@@ -1,7 +1,8 @@
 """The GPU path in one command: training, generation, HellaSwag and resume, one table.
 
-    python bench/gpu.py              # one CUDA GPU, the gpt2 preset, about 5 minutes
-    python bench/gpu.py --smoke      # the same code on CPU with the tiny preset, in seconds
+    python bench/gpu.py                    # one CUDA GPU, the gpt2 preset, about 5 minutes
+    python bench/gpu.py --recipe modern    # the modern preset (Qwen3 layout, Muon + AdamW)
+    python bench/gpu.py --smoke            # the same code on CPU with the tiny preset, in seconds
 
 Everything goes through the project's own functions: `train(TrainConfig)` for training (its
 metrics.jsonl gives tokens/s and MFU per step), `gpt.model.generate`,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -45,14 +47,14 @@ import torch  # noqa: E402
 from bench._common import machine, table  # noqa: E402
 from gpt import checkpoint as ckpt  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
-from gpt.config import TrainConfig  # noqa: E402
+from gpt.config import MODERN_RECIPE, TrainConfig  # noqa: E402
 from gpt.data.prepare import prepare_dataset  # noqa: E402
 from gpt.data.sources import iter_documents  # noqa: E402
 from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser  # noqa: E402
 from gpt.hellaswag import score as hs  # noqa: E402
 from gpt.hellaswag.data import find_hellaswag_file, load_examples  # noqa: E402
+from gpt.model.base import LanguageModel  # noqa: E402
 from gpt.model.generate import generate  # noqa: E402
-from gpt.model.gpt2 import GPT  # noqa: E402
 from gpt.train import rundir  # noqa: E402
 from gpt.train.loop import train  # noqa: E402
 from gpt.train.parallel import autocast  # noqa: E402
@@ -192,7 +194,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def generation_row(model: GPT, batch: int, setting: Setting, dtype: torch.dtype) -> list[str]:
+def generation_row(
+    model: LanguageModel, batch: int, setting: Setting, dtype: torch.dtype
+) -> list[str]:
     """New tokens per second of `generate` for `batch` sequences (random prompts)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(0)
@@ -232,7 +236,9 @@ def hellaswag_examples(n: int, tok: Tokeniser) -> tuple[list[dict[str, Any]], st
     return examples, f"{n} synthetic items (no HellaSwag file: set HELLASWAG_FILE)"
 
 
-def hellaswag_row(model: GPT, tok: Tokeniser, setting: Setting, dtype: torch.dtype) -> list[str]:
+def hellaswag_row(
+    model: LanguageModel, tok: Tokeniser, setting: Setting, dtype: torch.dtype
+) -> list[str]:
     """Items per second of gpt.hellaswag.evaluate (packed scoring) on this model."""
     device = next(model.parameters()).device
     examples, source = hellaswag_examples(setting.hellaswag_items, tok)
@@ -268,6 +274,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, in seconds")
     parser.add_argument(
+        "--recipe",
+        choices=("gpt2", "modern"),
+        default="gpt2",
+        help="gpt2 (AdamW) or modern (Qwen3 layout, Muon + AdamW, WSD) at the same shape",
+    )
+    parser.add_argument(
         "--peak-flops", type=float, default=None, help="the GPU's peak FLOP/s, if not a known card"
     )
     args = parser.parse_args(argv)
@@ -279,9 +291,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setting = SMOKE if args.smoke else GPU
+    if args.recipe == "modern":  # the same batch and shape, the modern family and optimizers
+        modern = {"gpt2": "modern", "tiny": "modern-tiny"}[setting.model]
+        setting = dataclasses.replace(setting, model=modern)
     device = torch.device(setting.device)
     dtype = torch.bfloat16 if setting.dtype == "bfloat16" else torch.float32
-    over = {} if args.peak_flops is None else {"peak_flops": args.peak_flops}
+    over: dict[str, Any] = {} if args.peak_flops is None else {"peak_flops": args.peak_flops}
+    if args.recipe == "modern":
+        over |= MODERN_RECIPE
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="gpt-bench-gpu-") as tmp:
         work = Path(tmp)

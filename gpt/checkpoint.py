@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from gpt.cli import UserError
 from gpt.config import GPTConfig
 from gpt.fsio import atomic_dir, read_json_object, write_json_atomic
-from gpt.model.gpt2 import GPT
+from gpt.model.base import LanguageModel
+from gpt.model.families import build_model
 
 FORMAT_NAME = "gpt-alpha-checkpoint"
 FORMAT_VERSION = 1
@@ -39,11 +40,12 @@ class CheckpointError(UserError):
     """A checkpoint directory is missing, damaged or of another format."""
 
 
-def model_state_for_saving(model: GPT) -> dict[str, torch.Tensor]:
-    """State dict without the tied lm_head alias, contiguous and on CPU (safetensors rejects
+def model_state_for_saving(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """State dict without a tied lm_head's alias, contiguous and on CPU (safetensors rejects
     shared storage)."""
     sd = model.state_dict()
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items() if k != "lm_head.weight"}
+    alias = model.tied_alias
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items() if k not in alias}
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -83,7 +85,7 @@ def write_model_files(
 
 
 def save_model_dir(
-    model: GPT,
+    model: LanguageModel,
     out_dir: str | Path,
     tokeniser_spec: str | None = None,
     tokeniser_fingerprint: str | None = None,
@@ -129,7 +131,7 @@ def resolve_tokeniser_spec(path: str | Path, meta: dict[str, Any]) -> str | None
     return str(Path(path) / spec) if not Path(spec).is_absolute() else spec
 
 
-def load_weights(model: GPT, path: str | Path) -> None:
+def load_weights(model: LanguageModel, path: str | Path) -> None:
     """Load a checkpoint directory's weights into `model` (same config), checking every key."""
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
@@ -143,7 +145,7 @@ def load_weights(model: GPT, path: str | Path) -> None:
     except RuntimeError as e:  # torch reports tensors whose shapes differ from the config's
         detail = str(e).strip().splitlines()[-1].strip()  # one "size mismatch for ..." line
         raise CheckpointError(f"{weights}: weights do not match {CONFIG_FILE} ({detail})") from None
-    missing = [k for k in missing if k != "lm_head.weight"]
+    missing = [k for k in missing if k not in model.tied_alias]
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: weights do not match the config (missing {missing[:3]}, "
@@ -161,14 +163,14 @@ def _model_config(path: str | Path, meta: dict[str, Any]) -> GPTConfig:
 
 def load_model_dir(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[GPT, dict[str, Any]]:
+) -> tuple[LanguageModel, dict[str, Any]]:
     """Load a checkpoint directory's model (eval mode) and its metadata.
 
     The metadata's "tokeniser" is resolved to a spec that gpt.data.tokeniser.get_tokeniser accepts.
     """
     path = Path(path)
     meta = read_meta(path)
-    model = GPT(_model_config(path, meta))
+    model = build_model(_model_config(path, meta))
     load_weights(model, path)
     meta["tokeniser"] = resolve_tokeniser_spec(path, meta)
     return model.to(device).eval(), meta

@@ -18,10 +18,19 @@ from typing import Any
 
 from gpt.cli import UserError
 
+ARCHITECTURES = ("gpt2", "qwen3")
+
 
 @dataclass
 class GPTConfig:
-    """Shape of a GPT-2 model."""
+    """Shape of a model of either family: GPT-2 (`arch` gpt2) or the Qwen3 layout (qwen3).
+
+    The qwen3-only fields (n_kv_head, ffn_size, rope_theta, untied head) are refused for gpt2,
+    whose shape is fixed by OpenAI's architecture.
+    """
+
+    arch: str = "gpt2"
+    """Model family: gpt2 (gpt/model/gpt2.py) or qwen3 (gpt/model/qwen3.py)."""
 
     block_size: int = 1024
     """Maximum context length in tokens (GPT-2's n_positions)."""
@@ -36,9 +45,22 @@ class GPTConfig:
     pad_vocab_multiple: int = 1
     """Pad the embedding table to a multiple of this (64 or 128 speeds up the lm_head matmul)."""
     layer_norm_eps: float = 1e-5
-    """Epsilon of every LayerNorm (GPT-2 uses 1e-5)."""
+    """Epsilon of every norm layer (GPT-2's LayerNorms use 1e-5, Qwen3's RMSNorms 1e-6)."""
+    n_kv_head: int | None = None
+    """Key/value heads (qwen3; fewer than n_head is grouped-query attention; default n_head)."""
+    ffn_size: int | None = None
+    """Width of the SwiGLU MLP (qwen3; default 8/3 n_embd rounded up to a multiple of 64, which
+    gives a block GPT-2's parameter count)."""
+    rope_theta: float = 10000.0
+    """Base of the rotary position embedding's frequencies (qwen3)."""
+    tie_embeddings: bool | None = None
+    """Share the lm_head with the token embedding (default: gpt2 yes, qwen3 no)."""
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.arch == "gpt2":
+            self._refuse_qwen3_fields()
         for name in (
             "block_size",
             "vocab_size",
@@ -51,6 +73,31 @@ class GPTConfig:
                 raise UserError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise UserError(
+                f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})"
+            )
+        for name in ("n_kv_head", "ffn_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"GPTConfig.{name} must be >= 1, got {value}")
+        if self.rope_theta <= 0:
+            raise UserError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta}")
+
+    def _refuse_qwen3_fields(self) -> None:
+        """GPT-2's shape is OpenAI's: its MLP, heads, positions and tied head are not options."""
+        changed = [
+            name
+            for name, value in (
+                ("n_kv_head", self.n_kv_head not in (None, self.n_head)),
+                ("ffn_size", self.ffn_size is not None),
+                ("rope_theta", self.rope_theta != 10000.0),
+                ("tie_embeddings", self.tie_embeddings is False),
+            )
+            if value
+        ]
+        if changed:
+            raise UserError(f"{', '.join(changed)}: only for arch qwen3 (GPT-2's shape is fixed)")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -61,6 +108,23 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when not given."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_size(self) -> int:
+        """Hidden width of the MLP: GPT-2's 4 n_embd, or qwen3's ffn_size (see its default)."""
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
+        return self.ffn_size or (8 * self.n_embd // 3 + 63) // 64 * 64
+
+    @property
+    def tied(self) -> bool:
+        """Whether the lm_head is the token embedding (see tie_embeddings)."""
+        return self.tie_embeddings if self.tie_embeddings is not None else self.arch == "gpt2"
 
     def to_dict(self) -> dict[str, int | float]:
         return dataclasses.asdict(self)
@@ -75,6 +139,11 @@ class GPTConfig:
         return cls(**d)
 
 
+def _modern(**shape: int) -> GPTConfig:
+    """A model preset of the Qwen3 family: RMSNorm at Qwen3's epsilon, the rest as given."""
+    return GPTConfig(arch="qwen3", layer_norm_eps=1e-6, **shape)
+
+
 MODEL_PRESETS: dict[str, GPTConfig] = {
     # OpenAI's four GPT-2 sizes, exactly (parameter counts are checked against transformers).
     "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),
@@ -85,6 +154,18 @@ MODEL_PRESETS: dict[str, GPTConfig] = {
     "demo": GPTConfig(block_size=256, vocab_size=4096, n_layer=4, n_head=4, n_embd=256),
     # The model every test uses.
     "tiny": GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32),
+    # The Qwen3 layout at GPT-2's four sizes: the same width, depth and heads, and blocks of the
+    # same parameter count (SwiGLU at 8/3 width), so the compute per token is GPT-2's; the untied
+    # lm_head adds parameters but no compute (a lookup table is free).
+    "modern": _modern(n_layer=12, n_head=12, n_embd=768),
+    "modern-medium": _modern(n_layer=24, n_head=16, n_embd=1024),
+    "modern-large": _modern(n_layer=36, n_head=20, n_embd=1280),
+    "modern-xl": _modern(n_layer=48, n_head=25, n_embd=1600),
+    "modern-demo": _modern(block_size=256, vocab_size=4096, n_layer=4, n_head=4, n_embd=256),
+    # The tests' model of the family, with grouped-query attention (2 query heads per kv head).
+    "modern-tiny": _modern(
+        block_size=64, vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=32
+    ),
 }
 
 
@@ -109,7 +190,8 @@ class TrainConfig:
     tokeniser: str = "gpt2"
     """Tokeniser spec ("gpt2" or a .tkn file); must match the dataset's manifest."""
     model: str = "gpt2"
-    """Model preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, demo, tiny); vocab from the data."""
+    """Model preset (gpt2[-medium|-large|-xl], demo, tiny, modern[-medium|-large|-xl|-demo|-tiny]);
+    vocab from the data."""
     pad_vocab_multiple: int = 128
     """Pad the embedding table to a multiple of this (50,257 -> 50,304 with 128)."""
     device: str = "auto"
@@ -144,6 +226,22 @@ class TrainConfig:
     """AdamW beta2."""
     eps: float = 1e-8
     """AdamW epsilon."""
+    optimizer: str = "adamw"
+    """adamw (every parameter), or muon (Muon for the blocks' matrices, AdamW for the rest)."""
+    schedule: str = "cosine"
+    """Learning-rate schedule after the warm-up: cosine decay, or wsd (flat, then linear decay)."""
+    decay_frac: float = 0.2
+    """Fraction of max_steps spent in the wsd schedule's final linear decay (0 < f <= 1)."""
+    muon_lr: float = 0.02
+    """Peak learning rate of the Muon group (--optimizer muon)."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum."""
+    muon_weight_decay: float = 0.0
+    """Muon's decoupled weight decay."""
+    embed_lr: float | None = None
+    """Peak AdamW learning rate of the embedding tables with --optimizer muon (default max_lr)."""
+    head_lr: float | None = None
+    """Peak AdamW learning rate of an untied lm_head with --optimizer muon (default max_lr)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables clipping)."""
     seed: int = 1337
@@ -213,6 +311,20 @@ class TrainConfig:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.max_lr <= 0:
             raise UserError(f"max_lr must be > 0, got {self.max_lr}")
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise UserError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
+        for name in ("muon_lr", "embed_lr", "head_lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise UserError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.muon_weight_decay < 0:
+            raise UserError(f"muon_weight_decay must be >= 0, got {self.muon_weight_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,6 +364,70 @@ def _type_name(types: tuple[Any, ...]) -> str:
 
 
 DTYPES = ("auto", "bfloat16", "float32")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
+
+# The one-command CPU demo (gpt/demo.py): a 4,096-token tokeniser and the python-docs corpus.
+# Many small steps learn fastest per CPU second; with 1,024-token batches a low peak rate
+# (5e-4) beat 1e-3..1e-2 in a sweep. About 3.5 minutes on 2 cores, val loss ~5.2 against
+# a unigram entropy of 6.75 nats/token.
+DEMO: dict[str, Any] = {
+    "model": "demo",
+    "data": "cache/demo/data",
+    "tokeniser": "cache/demo/tokeniser.tkn",
+    "out": "runs/demo",
+    "pad_vocab_multiple": 64,
+    "batch_size": 16,
+    "seq_len": 64,
+    "total_batch_size": 1024,
+    "max_lr": 5e-4,
+    "warmup_steps": 20,
+    "max_steps": 800,
+    "eval_every": 200,
+    "val_tokens": 32_768,
+    "save_every": 0,
+    "keep": 1,
+    "sample_prompt": "The",
+    "samples": 2,
+    "sample_tokens": 48,
+    "sample_temperature": 0.8,
+    "hellaswag_limit": 200,
+    "log_every": 50,
+}
+# For tests: the tiny model, a few steps, no compile.
+TINY: dict[str, Any] = {
+    "model": "tiny",
+    "out": "runs/tiny",
+    "pad_vocab_multiple": 64,
+    "batch_size": 4,
+    "seq_len": 32,
+    "total_batch_size": 128,
+    "max_lr": 1e-2,
+    "warmup_steps": 2,
+    "max_steps": 10,
+    "eval_every": 5,
+    "val_tokens": 512,
+    "save_every": 5,
+    "samples": 1,
+    "sample_tokens": 8,
+    "compile": False,
+    "device": "cpu",
+    "hellaswag": "off",
+    "progress": False,
+}
+# The modern recipe: Muon for the blocks' matrices, AdamW for the embedding, head and gains, a
+# warm-up, a stable phase and a linear decay over the last 40% of the steps. (Rates: see README,
+# "The modern recipe"; tuned at demo scale with bench/recipes.py.)
+MODERN_RECIPE: dict[str, Any] = {
+    "optimizer": "muon",
+    "schedule": "wsd",
+    "decay_frac": 0.4,
+    "muon_lr": 0.02,
+    "max_lr": 3e-3,
+    "embed_lr": 3e-3,
+    "head_lr": 3e-3,
+    "weight_decay": 0.0,
+}
 
 # Recipes: overrides of TrainConfig's defaults (which are the `gpt2` recipe itself).
 # Larger models follow GPT-3's table scaled like GPT-α's 124M recipe (3x GPT-3's learning rate):
@@ -279,59 +455,27 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "total_batch_size": 1_048_576,
         "warmup_steps": 358,
     },
-    # The one-command CPU demo (gpt/demo.py): a 4,096-token tokeniser and the python-docs corpus.
-    # Many small steps learn fastest per CPU second; with 1,024-token batches a low peak rate
-    # (5e-4) beat 1e-3..1e-2 in a sweep. About 3.5 minutes on 2 cores, val loss ~5.2 against
-    # a unigram entropy of 6.75 nats/token.
-    "demo": {
-        "model": "demo",
-        "data": "cache/demo/data",
-        "tokeniser": "cache/demo/tokeniser.tkn",
-        "out": "runs/demo",
-        "pad_vocab_multiple": 64,
-        "batch_size": 16,
-        "seq_len": 64,
-        "total_batch_size": 1024,
-        "max_lr": 5e-4,
+    # The one-command CPU demo (gpt/demo.py; see DEMO).
+    "demo": DEMO,
+    # The modern recipe (gpt/model/qwen3.py, Muon + AdamW, warm-up/stable/decay) on GPT-2's data,
+    # tokeniser and tokens per step, with HellaSwag in the loop as for gpt2.
+    "modern": {**MODERN_RECIPE, "model": "modern", "out": "runs/modern"},
+    # ... on the CPU demo's data, tokeniser and token budget (bench/recipes.py compares the two).
+    "modern-demo": {
+        **DEMO,
+        **MODERN_RECIPE,
+        "model": "modern-demo",
+        "out": "runs/modern-demo",
         "warmup_steps": 20,
-        "max_steps": 800,
-        "eval_every": 200,
-        "val_tokens": 32_768,
-        "save_every": 0,
-        "keep": 1,
-        "sample_prompt": "The",
-        "samples": 2,
-        "sample_tokens": 48,
-        "sample_temperature": 0.8,
-        "hellaswag_limit": 200,
-        "log_every": 50,
     },
-    # For tests: the tiny model, a few steps, no compile.
-    "tiny": {
-        "model": "tiny",
-        "out": "runs/tiny",
-        "pad_vocab_multiple": 64,
-        "batch_size": 4,
-        "seq_len": 32,
-        "total_batch_size": 128,
-        "max_lr": 1e-2,
-        "warmup_steps": 2,
-        "max_steps": 10,
-        "eval_every": 5,
-        "val_tokens": 512,
-        "save_every": 5,
-        "samples": 1,
-        "sample_tokens": 8,
-        "compile": False,
-        "device": "cpu",
-        "hellaswag": "off",
-        "progress": False,
-    },
+    "tiny": TINY,
+    "modern-tiny": {**TINY, **MODERN_RECIPE, "model": "modern-tiny", "out": "runs/modern-tiny"},
 }
 
 
-# Settings a resumed run keeps from its checkpoint: they fix the data order and the model. (The
-# number of ranks is fixed too: each rank's loader position is saved; see gpt/train/loop.py.)
+# Settings a resumed run keeps from its checkpoint: they fix the data order and the model, and
+# the optimizer the saved optimizer state belongs to. (The number of ranks is fixed too: each
+# rank's loader position is saved; see gpt/train/loop.py.)
 RESUME_FIXED = (
     "data",
     "model",
@@ -340,7 +484,14 @@ RESUME_FIXED = (
     "seq_len",
     "total_batch_size",
     "seed",
+    "optimizer",
 )
+# What each RESUME_FIXED setting (default: the data order) fixes, for the refusal's words.
+FIXES = {
+    "model": "the model",
+    "pad_vocab_multiple": "the model",
+    "optimizer": "the optimizer state",
+}
 # Settings that only name where the run is and how to continue it: never reported as changes.
 RESUME_LOCATION = ("out", "resume")
 
@@ -382,8 +533,8 @@ def resumed_config(
         name = fixed[0]
         raise UserError(
             f"{name} {stated[name]!r} ({origins[name]}): {where} was trained with "
-            f"{name} {saved.get(name)!r}, and {name} fixes the data order or the model, so a "
-            "resumed run keeps it; leave it out, or start a new run with another --out"
+            f"{name} {saved.get(name)!r}, and {name} fixes {FIXES.get(name, 'the data order')}, "
+            "so a resumed run keeps it; leave it out, or start a new run with another --out"
         )
     changes = [
         f"resume: {name} {saved.get(name)!r} -> {value!r} ({origins[name]})"

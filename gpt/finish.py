@@ -5,7 +5,6 @@ plotted (RUN/plots), on rank 0, once `gpt.train.loop.train` has returned. train.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from gpt.config import TrainConfig
 from gpt.hf import save_pretrained
 from gpt.hf_card import run_facts
 from gpt.plot import plot_runs
-from gpt.train.logs import read_events, run_log
 from gpt.train.loop import TrainResult
 
 Say = Callable[[str], None]
@@ -37,15 +35,9 @@ def finish_run(result: TrainResult, cfg: TrainConfig, say: Say = distributed.pri
 
 def export(checkpoint: Path, out_dir: Path) -> Path:
     """A checkpoint as a Hugging Face model directory, with the tokeniser it was trained with
-    and a model card that includes the run's last HellaSwag score up to the checkpoint."""
+    and a model card (gpt/hf_card.py: the run's facts, its last HellaSwag score included)."""
     model, meta = load_model_dir(checkpoint)
-    facts = run_facts(checkpoint)
-    if facts is not None:
-        run_dir = checkpoint.resolve().parent.parent
-        events = read_events(run_log(run_dir))
-        scores = [float(v) for s, _, kind, v in events if kind == "hella" and s <= facts.step]
-        facts = dataclasses.replace(facts, hellaswag=scores[-1] if scores else None)
-    return save_pretrained(model, out_dir, meta["tokeniser"], facts)
+    return save_pretrained(model, out_dir, meta["tokeniser"], run_facts(checkpoint))
 
 
 def plot(run_dir: Path, say: Say) -> list[Path]:

@@ -1,17 +1,15 @@
-"""Hugging Face interoperability: GPT-2 conversion both ways, and the one model loader.
+"""Hugging Face interoperability for both model families, and the one model loader.
 
     python -m gpt.hf export runs/demo/checkpoints/best runs/demo/export
 
-Our parameter names are Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...), so the
-conversion is a key copy plus the transposition of the four Conv1D weights listed in TRANSPOSED
-(Hugging Face stores them as (in, out), nn.Linear as (out, in)). The lm_head is tied to wte on
-both sides and is never stored. Weights are read from safetensors, or from a PyTorch .bin with
-torch.load(weights_only=True); nothing is unpickled.
-
-An export is what `transformers.GPT2LMHeadModel.from_pretrained(dir)` expects: config.json
-(model_type gpt2, the real vocabulary size, n_positions = block_size), model.safetensors (the
-real vocabulary rows only), the tokenizer files (gpt/hf_tokenizer.py) and a model card,
-README.md (gpt/hf_card.py).
+Each family maps its config.json and weights in its own module, chosen by the model's arch on
+export and by config.json's model_type on import (CONVERTERS): gpt/hf_gpt2.py for GPT-2
+(`GPT2LMHeadModel`), gpt/hf_qwen3.py for the Qwen3 layout (`Qwen3ForCausalLM`). Everything else
+is written once, here: reading weights (safetensors, its shards, or a PyTorch .bin through
+torch.load(weights_only=True); nothing is unpickled), building the model, and an export's
+directory: config.json, model.safetensors (the real vocabulary rows only), the tokenizer files
+(gpt/hf_tokenizer.py) and a model card, README.md (gpt/hf_card.py). transformers'
+`AutoModelForCausalLM.from_pretrained(dir)` loads an export of either family with no custom code.
 
 `load_model(spec)` is how every command opens a model: one of our checkpoint directories, a
 Hugging Face directory or a hub name (inference.py, hellaswag.py, the export command).
@@ -23,6 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import torch
@@ -30,94 +29,47 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from gpt import hf_gpt2, hf_qwen3
 from gpt.checkpoint import is_checkpoint, load_model_dir
 from gpt.cli import ArgumentParser, UserError, add_dataclass_args, explicit_values, option, run
-from gpt.config import GPTConfig
 from gpt.data.bpe import TokeniserError
 from gpt.data.tokeniser import Tokeniser, get_tokeniser
 from gpt.fsio import atomic_path, read_json_object, write_json_atomic
 from gpt.hf_card import RunFacts, push_to_hub, run_facts, write_model_card
-from gpt.hf_hub import HUB_NAMES, HUB_ORG, ModelNotFoundError, download_hub_model
+from gpt.hf_hub import (
+    HUB_NAMES,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    download_hub_model,
+    is_hub_name,
+)
 from gpt.hf_tokenizer import hf_tokeniser_spec, write_tokeniser_files
-from gpt.model.gpt2 import GPT
+from gpt.model.base import LanguageModel
+from gpt.model.families import build_model
 
-# Conv1D weights, stored (in, out) by Hugging Face and (out, in) by nn.Linear.
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Buffers some GPT-2 checkpoints carry (the causal mask), not weights.
-IGNORED = (".attn.bias", ".attn.masked_bias")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-
-
-class NotGPT2Error(UserError):
-    """The checkpoint is not a GPT-2 model this code can run (other type, damaged, variant)."""
+# The families' mappings (config.json and weights, both ways), by model_type = our arch.
+CONVERTERS: dict[str, ModuleType] = {"gpt2": hf_gpt2, "qwen3": hf_qwen3}
 
 
 # --------------------------------------------------------------------------------- loading
 
 
-def config_from_hf(hf: dict[str, Any], where: str) -> GPTConfig:
-    """Our GPTConfig from a Hugging Face GPT-2 config.json dict; NotGPT2Error for others."""
-    if hf.get("model_type") != "gpt2":
-        raise NotGPT2Error(f"{where}: model_type is {hf.get('model_type')!r}, not a GPT-2 model")
-    n_embd = hf.get("n_embd", 768)
-    unsupported = {
-        "n_inner": hf.get("n_inner") not in (None, 4 * n_embd),
-        "activation_function": hf.get("activation_function", "gelu_new")
-        not in ("gelu_new", "gelu_pytorch_tanh"),
-        "scale_attn_weights": not hf.get("scale_attn_weights", True),
-        "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
-        "add_cross_attention": hf.get("add_cross_attention", False),
-        "tie_word_embeddings": not hf.get("tie_word_embeddings", True),
-    }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        detail = ", ".join(f"{k}={hf.get(k)!r}" for k in bad)
-        raise NotGPT2Error(f"{where}: unsupported GPT-2 variant ({detail})")
-    try:
-        return GPTConfig(
-            block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-            vocab_size=hf.get("vocab_size", 50257),
-            n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12),
-            n_embd=n_embd,
-            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+def converter(hf: dict[str, Any], where: str) -> ModuleType:
+    """The mapping of a Hugging Face config.json's model_type; UnsupportedModelError for others."""
+    model_type = hf.get("model_type")
+    if model_type not in CONVERTERS:
+        raise UnsupportedModelError(
+            f"{where}: model_type is {model_type!r}, not a GPT-2 or Qwen3 model"
         )
-    except (TypeError, ValueError) as e:
-        raise NotGPT2Error(f"{where}: invalid GPT-2 config ({e})") from None
+    return CONVERTERS[model_type]
 
 
-def state_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT-2 weights (GPT2LMHeadModel or bare GPT2Model names) -> our names."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in hf_state.items():
-        name = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
-        if name.endswith(IGNORED):
-            continue
-        if name == "lm_head.weight":
-            wte = hf_state.get("transformer.wte.weight", hf_state.get("wte.weight"))
-            if wte is not None and not torch.equal(wte, value):
-                raise NotGPT2Error("lm_head.weight differs from wte: untied heads are unsupported")
-            continue
-        out[name] = value.t() if name.endswith(TRANSPOSED) else value
-    return out
-
-
-def state_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under Hugging Face names: Conv1D weights transposed, no padded vocab rows,
-    no lm_head (tied), contiguous CPU tensors."""
-    vocab = model.config.vocab_size
-    out = {}
-    for name, value in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        value = value.detach()
-        if name == "transformer.wte.weight":
-            value = value[:vocab]
-        elif name.endswith(TRANSPOSED):
-            value = value.t()
-        out[name] = value.cpu().contiguous()
-    return out
+def state_to_hf(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face names for the model's family (no padded vocabulary rows,
+    no tied lm_head), contiguous CPU tensors."""
+    return CONVERTERS[model.config.arch].state_to_hf(model)
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -129,14 +81,18 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = [folder / s for s in sorted(set(weight_map.values()))]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise NotGPT2Error(f"{index}: damaged index ({type(e).__name__}: {e})") from None
+            raise UnsupportedModelError(
+                f"{index}: damaged index ({type(e).__name__}: {e})"
+            ) from None
     elif (folder / WEIGHT_FILES[0]).is_file():
         files = [folder / WEIGHT_FILES[0]]
     elif (folder / WEIGHT_FILES[1]).is_file():
         try:
             state = torch.load(folder / WEIGHT_FILES[1], map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling refused or damaged file
-            raise NotGPT2Error(f"{folder / WEIGHT_FILES[1]}: cannot read weights ({e})") from None
+            raise UnsupportedModelError(
+                f"{folder / WEIGHT_FILES[1]}: cannot read weights ({e})"
+            ) from None
         return dict(state)
     else:
         raise ModelNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
@@ -147,84 +103,68 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 for key in st.keys():  # noqa: SIM118 (safe_open has no __iter__)
                     state[key] = st.get_tensor(key)
         except Exception as e:  # missing shard, damaged header
-            raise NotGPT2Error(f"{f}: cannot read weights ({e})") from None
+            raise UnsupportedModelError(f"{f}: cannot read weights ({e})") from None
     return state
 
 
-def load_hf_dir(folder: Path) -> GPT:
-    """A GPT from a local Hugging Face GPT-2 directory (config.json + weights), float32."""
+def load_hf_dir(folder: Path) -> LanguageModel:
+    """Our model from a local Hugging Face GPT-2 or Qwen3 directory (config.json + weights),
+    float32."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"{folder}: no config.json (not a Hugging Face model directory)")
-    hf_config = read_json_object(config_file, NotGPT2Error)
-    config = config_from_hf(hf_config, str(config_file))
-    state = {k: v.float().contiguous() for k, v in state_from_hf(read_weights(folder)).items()}
+    hf_config = read_json_object(config_file, UnsupportedModelError)
+    family = converter(hf_config, str(config_file))
+    config = family.config_from_hf(hf_config, str(config_file))
+    weights = family.state_from_hf(read_weights(folder), config, str(folder))
+    state = {k: v.float().contiguous() for k, v in weights.items()}
     with torch.device("meta"):
-        model = GPT(config)  # no memory and no initialisation: the weights are assigned below
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        model = build_model(config)  # no memory and no initialisation: weights assigned below
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in model.tied_alias}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
     if missing or unexpected or wrong:
-        raise NotGPT2Error(
+        raise UnsupportedModelError(
             f"{folder}: weights do not match config.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
         )
     model.load_state_dict(state, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # re-tie to the assigned tensor
+    model.tie_weights()  # re-tie a tied head to the assigned embedding
     return model.eval()
 
 
-def from_pretrained(name_or_dir: str | Path) -> GPT:
-    """Our GPT from a Hugging Face GPT-2 directory or hub name (gpt2, gpt2-medium, gpt2-large,
-    gpt2-xl, optionally prefixed openai-community/), float32."""
+def hf_folder(name_or_dir: str | Path) -> Path:
+    """The local folder of a Hugging Face directory or hub name (downloaded once)."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
-        return load_hf_dir(path)
+        return path
     name = str(name_or_dir)
-    if name.removeprefix(f"{HUB_ORG}/") in HUB_NAMES:
-        return load_hf_dir(download_hub_model(name))
-    raise ModelNotFoundError(f"{name}: no such model directory (hub names: {', '.join(HUB_NAMES)})")
+    if is_hub_name(name):
+        return download_hub_model(name)
+    raise ModelNotFoundError(
+        f"{name}: no such model directory (hub names: {', '.join(HUB_NAMES)} or org/name)"
+    )
+
+
+def from_pretrained(name_or_dir: str | Path) -> LanguageModel:
+    """Our model from a Hugging Face GPT-2 or Qwen3 directory or hub name (gpt2, gpt2-medium,
+    gpt2-large, gpt2-xl, optionally prefixed openai-community/, or an org/name repository),
+    float32."""
+    return load_hf_dir(hf_folder(name_or_dir))
 
 
 # --------------------------------------------------------------------------------- saving
 
 
-def hf_config(model: GPT, eos_token: int | None) -> dict[str, Any]:
-    """config.json of a GPT2LMHeadModel with our model's shape and real vocabulary."""
-    cfg = model.config
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": cfg.layer_norm_eps,
-        "resid_pdrop": 0.0,  # we train without dropout
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "bos_token_id": eos_token,
-        "eos_token_id": eos_token,
-        "dtype": str(model.transformer.wte.weight.dtype).removeprefix("torch."),
-    }
-
-
 def save_pretrained(
-    model: GPT,
+    model: LanguageModel,
     out_dir: str | Path,
     tokeniser: Tokeniser | str | None = None,
     facts: RunFacts | None = None,
 ) -> Path:
-    """Write `out_dir` as a Hugging Face GPT-2 model directory (each file atomically).
+    """Write `out_dir` as a Hugging Face model directory of the model's family (GPT-2 or Qwen3),
+    each file atomically.
 
     tokeniser: a Tokeniser or a spec ("gpt2" or a .tkn path); its files are written too and its
     end-of-text id becomes bos/eos_token_id. facts: how the model was trained, for the model
@@ -244,8 +184,9 @@ def save_pretrained(
     if tok is not None:
         write_tokeniser_files(out_dir, tok, model.config.block_size)
     eos = tok.eot_token if tok is not None else None
-    write_json_atomic(out_dir / "config.json", hf_config(model, eos))
-    write_model_card(out_dir, model, tok, facts)
+    hf_config = CONVERTERS[model.config.arch].config_to_hf(model, eos)
+    write_json_atomic(out_dir / "config.json", hf_config)
+    write_model_card(out_dir, model, hf_config, tok, facts)
     return out_dir
 
 
@@ -259,11 +200,11 @@ class LoadedModel:
     name: str
     """The spec it was loaded from."""
     kind: Literal["ours", "transformers"]
-    """Which code runs it: our GPT, or a transformers causal LM."""
+    """Which code runs it: our model (either family), or a transformers causal LM."""
     model: nn.Module
-    """Our GPT (kind "ours") or a transformers model (kind "transformers"), in eval mode."""
+    """Our model (kind "ours") or a transformers model (kind "transformers"), in eval mode."""
     tokeniser: Tokeniser | None
-    """Our tokeniser for our GPT; None for a transformers model (see encode_batch)."""
+    """Our tokeniser for our model; None for a transformers model (see encode_batch)."""
     encode_batch: Callable[[list[str]], list[list[int]]]
     """Texts -> token ids, no special tokens added."""
     max_len: int
@@ -284,12 +225,13 @@ def load_model(
 ) -> LoadedModel:
     """One of our checkpoint directories, a Hugging Face directory or a hub name, on `device`.
 
-    Our checkpoints run in our GPT with the tokeniser they name (checked against the fingerprint
-    they were trained with). A Hugging Face GPT-2 (a directory, or a hub name of HUB_NAMES) is
-    converted to our GPT, with the .tkn file an export bundles, else GPT-2's tokeniser; with
-    `any_causal_lm`, a Hugging Face model of any causal-LM type (and any hub name) runs in
-    transformers, with its own tokenizer, its weights in `dtype`. Our GPT loads in float32 (the
-    caller autocasts). `tokeniser`: a spec that replaces the model's own (our GPT only).
+    Our checkpoints run in our model with the tokeniser they name (checked against the
+    fingerprint they were trained with). A Hugging Face GPT-2 or Qwen3 (a directory or a hub
+    name) is converted to our model, with the .tkn file an export bundles, else GPT-2's
+    tokeniser (see hf_tokeniser_spec); with `any_causal_lm`, a Hugging Face model of any
+    causal-LM type (and any hub name) runs in transformers, with its own tokenizer, its weights
+    in `dtype`. Our model loads in float32 (the caller autocasts). `tokeniser`: a spec that
+    replaces the model's own (our model only).
     """
     if is_checkpoint(spec):
         model, meta = load_model_dir(spec, device)
@@ -300,12 +242,12 @@ def load_model(
         return _ours(spec, model, tok)
     if any_causal_lm:
         return _transformers_model(spec, device, dtype)
-    model = from_pretrained(spec).to(device)
-    own = hf_tokeniser_spec(spec) if Path(spec).is_dir() else "gpt2"
-    return _ours(spec, model, get_tokeniser(tokeniser or own))
+    folder = hf_folder(spec)
+    model = load_hf_dir(folder).to(device)
+    return _ours(spec, model, get_tokeniser(tokeniser or hf_tokeniser_spec(folder)))
 
 
-def _ours(name: str, model: GPT, tok: Tokeniser) -> LoadedModel:
+def _ours(name: str, model: LanguageModel, tok: Tokeniser) -> LoadedModel:
     if tok.n_vocab > model.config.vocab_size:
         raise UserError(
             f"{name}: tokeniser {tok.name} has {tok.n_vocab} tokens but the model only "
@@ -382,8 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser(
         "export",
-        help="write one of our checkpoints as a Hugging Face GPT-2 directory",
-        description="Write one of our checkpoints as a Hugging Face GPT-2 directory.",
+        help="write one of our checkpoints as a Hugging Face directory (GPT-2 or Qwen3)",
+        description="Write one of our checkpoints as a Hugging Face directory: "
+        "GPT2LMHeadModel for the gpt2 family, Qwen3ForCausalLM for qwen3.",
     )
     add_dataclass_args(export, ExportOptions)
     opts = ExportOptions(**explicit_values(parser.parse_args(argv), ExportOptions))

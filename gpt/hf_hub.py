@@ -1,13 +1,18 @@
-"""GPT-2 from the Hugging Face hub: the local folder of a hub model, downloaded once.
+"""Models from the Hugging Face hub: the local folder of a hub model, downloaded once, and the
+errors of loading a Hugging Face model.
 
     python inference.py --model gpt2       (a hub name; gpt.hf.from_pretrained converts it)
 
-Offline, the error says how to fetch the files on a connected machine and pass the folder.
+A hub name is one of GPT-2's four (HUB_NAMES, optionally prefixed openai-community/) or any
+`org/name` repository; what it holds is decided by its config.json (gpt/hf.py converts GPT-2 and
+Qwen3 models and refuses others). Offline, the error says how to fetch the files on a connected
+machine and pass the folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -15,11 +20,32 @@ from gpt.cli import UserError
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_ORG = "openai-community"
-HUB_FILES = ("config.json", "model.safetensors")
+# What a download fetches: the config, the weights (one file or shards and their index) and the
+# tokenizer files an export writes.
+HUB_FILES = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokeniser.tkn",
+)
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class ModelNotFoundError(UserError):
     """No such model directory, or a hub model that cannot be downloaded."""
+
+
+class UnsupportedModelError(UserError):
+    """A Hugging Face checkpoint this code cannot run: another model type, a variant of GPT-2 or
+    Qwen3 we do not implement, or damaged files. The message names the file."""
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether `name` reads as a hub model: GPT-2's names or an `org/name` repository id."""
+    return name.removeprefix(f"{HUB_ORG}/") in HUB_NAMES or REPO_ID.fullmatch(name) is not None
 
 
 def _hub_host() -> str:
@@ -29,19 +55,23 @@ def _hub_host() -> str:
 
 
 def download_hub_model(name: str) -> Path:
-    """The local folder of hub model `name` (config.json + weights), downloading if needed."""
-    from huggingface_hub import hf_hub_download
+    """The local folder of hub model `name` (HUB_FILES that it has), downloading if needed."""
+    from huggingface_hub import snapshot_download
 
     repo = name if "/" in name else f"{HUB_ORG}/{name}"
     hint = (
         f"cannot download {name!r} from the Hugging Face hub (offline?); on a connected machine "
-        f"run `hf download {repo} {' '.join(HUB_FILES)} --local-dir DIR` "
-        f"(older clients: `huggingface-cli download ...`), copy DIR here and pass DIR instead"
+        f"run `hf download {repo} --local-dir DIR` (older clients: `huggingface-cli download "
+        f"...`), copy DIR here and pass DIR instead"
     )
 
     def fetch(local_only: bool) -> Path:
-        paths = [hf_hub_download(repo, f, local_files_only=local_only) for f in HUB_FILES]
-        return Path(paths[-1]).parent
+        folder = snapshot_download(
+            repo, allow_patterns=list(HUB_FILES), local_files_only=local_only
+        )
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{repo} has no config.json")
+        return Path(folder)
 
     try:
         return fetch(local_only=True)
@@ -55,5 +85,5 @@ def download_hub_model(name: str) -> Path:
             raise ModelNotFoundError(hint) from None
     try:
         return fetch(local_only=False)
-    except Exception as e:  # offline mode, HTTP errors, timeouts
+    except Exception as e:  # offline mode, HTTP errors, timeouts, no such repository
         raise ModelNotFoundError(f"{hint} ({type(e).__name__})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpt.cli import UserError
 from gpt.data.bpe import ENDOFTEXT, bytes_to_unicode
 from gpt.data.tokeniser import GPT2Tokeniser, GPTTokeniser, Tokeniser, gpt2_bpe_files
 from gpt.fsio import copy_atomic, write_json_atomic, write_text_atomic
@@ -81,6 +82,16 @@ def write_tokeniser_files(out_dir: Path, tokeniser: Tokeniser, block_size: int) 
 
 
 def hf_tokeniser_spec(folder: str | Path) -> str:
-    """The tokeniser of an exported directory: its bundled .tkn file, else "gpt2"."""
-    tkn = Path(folder) / TKN_FILE
-    return str(tkn.resolve()) if tkn.is_file() else "gpt2"
+    """The tokeniser of a Hugging Face directory: its bundled .tkn file (our export), else
+    "gpt2" (GPT-2's vocab.json and merges.txt, or no tokenizer files); a tokenizer.json of
+    another tokenizer (a Qwen3 from the hub) is one our models cannot run: a UserError."""
+    folder = Path(folder)
+    tkn = folder / TKN_FILE
+    if tkn.is_file():
+        return str(tkn.resolve())
+    if (folder / "tokenizer.json").is_file() and not (folder / "merges.txt").is_file():
+        raise UserError(
+            f"{folder}: its tokenizer.json is not a tokeniser our models run; pass --tokeniser, "
+            "or run it in transformers (hellaswag.py does, eval/run_eval.sh too)"
+        )
+    return "gpt2"

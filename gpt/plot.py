@@ -41,7 +41,7 @@ import numpy as np
 from gpt.cli import UserError, run
 from gpt.data.sources import FINEWEB_EDU
 from gpt.fsio import read_json_object
-from gpt.train.logs import Event, read_events, run_log
+from gpt.runlog import Event, read_events, run_log
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -224,16 +224,26 @@ def train_losses(run: Path) -> list[float]:
     return [e["value"] for e in map(json.loads, lines) if e["kind"] == "train"]
 
 
+# The modern family with Muon + AdamW and a WSD schedule, its settings off their defaults too.
+MODERN = ("--model=modern-tiny", "--optimizer=muon", "--schedule=wsd", "--decay-frac=0.3")
+MODERN += ("--muon-lr=0.03", "--muon-momentum=0.9", "--muon-weight-decay=0.01")
+MODERN += ("--embed-lr=5e-3", "--head-lr=4e-3")
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(tiny_train_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", [(), MODERN], ids=["gpt2-adamw", "modern-muon"])
+def test_resume_after_sigkill_is_bit_identical(
+    tiny_train_data: Path, tmp_path: Path, recipe: tuple[str, ...]
+) -> None:
     """Kill a run with SIGKILL once it wrote a checkpoint and resume it as a user would, from
     the working directory with the relative --out and nothing else (`--out runs/x --resume`):
     the saved settings come back, and the per-step losses, final weights and text log equal an
-    uninterrupted run's, bit for bit."""
+    uninterrupted run's, bit for bit. Both families and both optimizers (Muon's and AdamW's
+    states restored exactly)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     whole, killed = tmp_path / "runs" / "whole", tmp_path / "runs" / "killed"
     subprocess.run(
-        train_command(tiny_train_data, "runs/whole"),
+        train_command(tiny_train_data, "runs/whole", *recipe),
         cwd=tmp_path,
         env=env,
         check=True,
@@ -241,7 +251,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny_train_data: Path, tmp_path: 
     )
 
     proc = subprocess.Popen(
-        train_command(tiny_train_data, "runs/killed"),
+        train_command(tiny_train_data, "runs/killed", *recipe),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

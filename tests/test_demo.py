@@ -16,13 +16,14 @@ from gpt.data.tokeniser import GPTTokeniser
 from gpt.demo import demo_documents, run_demo
 
 
-def short_demo(tmp_path: Path, out: str, **overrides: object):
-    """The demo recipe with the tiny model and a 512-token tokeniser on 40 source documents."""
+def short_demo(tmp_path: Path, out: str, preset: str = "demo", **overrides: object):
+    """A demo recipe (`demo`, or `modern-demo` with its own model) with the tiny model and a
+    512-token tokeniser on 40 source documents."""
     settings = {
         "data": str(tmp_path / "data"),
         "tokeniser": str(tmp_path / "tok.tkn"),
         "out": str(tmp_path / out),
-        "model": "tiny",
+        "model": "modern-tiny" if preset == "modern-demo" else "tiny",
         "batch_size": 4,
         "seq_len": 32,
         "total_batch_size": 128,
@@ -34,7 +35,7 @@ def short_demo(tmp_path: Path, out: str, **overrides: object):
         "progress": False,
         "hellaswag": "off",  # `auto` would download HellaSwag on a machine with network
     }
-    cfg = train_preset("demo", **{**settings, **overrides})
+    cfg = train_preset(preset, **{**settings, **overrides})
     lines: list[str] = []
     return run_demo(cfg, vocab_size=512, max_docs=40, say=lines.append), lines
 
@@ -77,3 +78,14 @@ def test_short_demo_end_to_end(tmp_path: Path) -> None:
     _, lines = short_demo(tmp_path, "run", max_steps=2, eval_every=2)
     assert not any(x.startswith(("tokeniser:", "data:")) for x in lines)
     assert f"{run}: replacing the previous demo run" in lines
+
+
+def test_short_modern_demo_trains_and_exports_qwen3(tmp_path: Path) -> None:
+    """The modern recipe through the same demo steps: Muon + AdamW, a Qwen3 export."""
+    result, lines = short_demo(tmp_path, "run", preset="modern-demo", max_steps=10, eval_every=5)
+    assert "final val loss" in "\n".join(lines)
+    assert result.margin is not None and result.train.final_val_loss is not None
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["optimizer"], saved["schedule"]) == ("muon", "wsd")
+    exported = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
+    assert exported["model_type"] == "qwen3"

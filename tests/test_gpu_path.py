@@ -53,26 +53,30 @@ def test_compiled_fsdp_on_two_ranks_matches_eager_one_rank(
 
 
 FSDP_INIT_SCRIPT = """
+import sys
+
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from gpt import distributed
 from gpt.config import model_preset, train_preset
-from gpt.model.gpt2 import GPT
+from gpt.model.families import build_model
 from gpt.train.parallel import make_parallel
 
+preset = sys.argv[1]
 env = distributed.setup("cpu")
-config = model_preset("tiny", vocab_size=500, pad_vocab_multiple=64)
-cfg = train_preset("tiny", fsdp=True, data="unused", tokeniser="unused")
+config = model_preset(preset, vocab_size=500, pad_vocab_multiple=64)
+cfg = train_preset("tiny", model=preset, fsdp=True, data="unused", tokeniser="unused")
 torch.manual_seed(7)
 model, _ = make_parallel(cfg, env).build_model(config, None)
 next_draw = torch.rand(3)
 full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 torch.manual_seed(7)
-reference = GPT(config)
+reference = build_model(config)
 assert torch.equal(next_draw, torch.rand(3)), "the global RNG advanced differently"
-assert model.lm_head.weight is model.transformer.wte.weight, "lm_head is no longer tied"
-assert isinstance(model.transformer.h[0].attn.c_attn.weight, torch.distributed.tensor.DTensor)
+tied = model.lm_head.weight is model.token_embedding.weight
+assert tied == config.tied, "lm_head tied differently"
+assert all(isinstance(p, torch.distributed.tensor.DTensor) for p in model.blocks.parameters())
 for name, weight in reference.state_dict().items():
     assert torch.equal(full[name], weight), name
 print(f"rank {env.rank}: {len(full)} tensors identical")
@@ -81,15 +85,22 @@ distributed.cleanup()
 
 
 @pytest.mark.distributed
-def test_fsdp_meta_init_gives_exactly_the_one_process_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["tiny", "modern-tiny"])
+def test_fsdp_meta_init_gives_exactly_the_one_process_weights(tmp_path: Path, preset: str) -> None:
     """Built on the meta device, sharded over 2 ranks, then initialised: bit for bit the
-    weights of GPT(config) on one process, and the RNG left where GPT(config) leaves it."""
+    weights of build_model(config) on one process (either family), and the RNG left where
+    build_model(config) leaves it."""
     script = tmp_path / "fsdp_init.py"
     script.write_text(FSDP_INIT_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [*cmd, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [*cmd, str(script), preset],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("tensors identical") == 2

@@ -381,7 +381,7 @@ def test_evaluate_unwraps_a_wrapped_model(tiny_config: GPTConfig) -> None:
     items = hs.encode_examples(examples, _FakeTokeniser().encode_ordinary_batch, 64)
     expected = hs.summarise(examples, items, _reference_ll(model, items))
     assert full == pytest.approx({k: expected[k] for k in ("n", *hs.METRICS, "cut")})
-    with pytest.raises(TypeError, match="our GPT"):
+    with pytest.raises(TypeError, match="one of our models"):
         hs.evaluate(nn.Linear(2, 2), _FakeTokeniser(), examples)
 
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import save_model_dir
 from gpt.config import GPTConfig
-from gpt.hf import NotGPT2Error, from_pretrained, main, save_pretrained
-from gpt.hf_hub import ModelNotFoundError
+from gpt.hf import from_pretrained, main, save_pretrained
+from gpt.hf_hub import ModelNotFoundError, UnsupportedModelError
 from gpt.model.gpt2 import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -181,7 +181,7 @@ def test_custom_tokeniser_exports_a_fast_tokenizer(tmp_path: Path) -> None:
 
 def test_non_gpt2_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(NotGPT2Error, match="model_type is 'llama'"):
+    with pytest.raises(UnsupportedModelError, match="model_type is 'llama'"):
         from_pretrained(tmp_path)
 
 

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "gpt.data": 2,
     "gpt.model": 2,
     "gpt.checkpoint": 3,
+    "gpt.runlog": 3,
     "gpt.hf": 4,
     "gpt.hellaswag": 5,
     "gpt.train": 6,

@@ -18,6 +18,8 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt.config import GPTConfig, model_preset
+from gpt.model.base import LanguageModel
+from gpt.model.families import build_model
 from gpt.model.generate import KVCache, generate
 from gpt.model.gpt2 import GPT
 
@@ -184,20 +186,32 @@ def test_benchmark_bad_input_is_one_line_error() -> None:
 # still catches any real error (a wrong position or mask changes logits by 1e-3 or more).
 EXACT = {"rtol": 1e-10, "atol": 1e-10}
 SMALL = GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
+# The Qwen3 family with grouped-query attention (2 query heads per key/value head).
+SMALL_QWEN3 = GPTConfig(
+    arch="qwen3", block_size=32, vocab_size=100, n_layer=2, n_head=4, n_kv_head=2, n_embd=32
+)
+FAMILIES = pytest.mark.parametrize("config", [SMALL, SMALL_QWEN3], ids=["gpt2", "qwen3"])
 
 
-def float64_model() -> GPT:
+def float64_model(config: GPTConfig = SMALL) -> LanguageModel:
+    """A float64 model of config's family with every weight random (Qwen3's zero-initialised
+    projections and head would make its tests trivial)."""
     torch.manual_seed(0)
-    return GPT(SMALL).double().eval()
+    model = build_model(config).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
+    return model
 
 
-def test_cached_prefill_and_decode_equal_the_full_forward() -> None:
+@FAMILIES
+def test_cached_prefill_and_decode_equal_the_full_forward(config: GPTConfig) -> None:
     """A prefill, single tokens, and a chunk of several tokens on a filled cache (its queries
-    attend causally to the cache and to each other)."""
-    model = float64_model()
-    idx = torch.randint(0, SMALL.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
+    attend causally to the cache and to each other; Qwen3's rotary positions continue)."""
+    model = float64_model(config)
+    idx = torch.randint(0, config.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
     cuts = [0, 7, 8, 13, 14, 15, 20]
-    cache = KVCache(SMALL, 3, 20, torch.device("cpu"), torch.float64)
+    cache = KVCache(config, 3, 20, torch.device("cpu"), torch.float64)
     with torch.no_grad():
         full, _ = model(idx)  # (3, 20, V)
         pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in pairwise(cuts)]
@@ -214,11 +228,12 @@ def packed_mask(segment: list[int], part: list[int]) -> torch.Tensor:
     return causal & (seg[:, None] == seg[None, :]) & visible
 
 
-def test_packed_forward_equals_each_sequence_alone() -> None:
+@FAMILIES
+def test_packed_forward_equals_each_sequence_alone(config: GPTConfig) -> None:
     """Row 0 packs two sequences (positions restart at the second); row 1 a context and two
     endings (each ending sees the context and itself, positions continue after the context)."""
-    model = float64_model()
-    tok = torch.randint(0, SMALL.vocab_size, (22,), generator=torch.Generator().manual_seed(2))
+    model = float64_model(config)
+    tok = torch.randint(0, config.vocab_size, (22,), generator=torch.Generator().manual_seed(2))
     a, b = tok[:6], tok[6:11]
     ctx, e0, e1 = tok[11:15], tok[15:18], tok[18:22]
     idx = torch.stack([torch.cat([a, b]), torch.cat([ctx, e0, e1])])  # (2, 11)

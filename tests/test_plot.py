@@ -14,7 +14,7 @@ import pytest
 
 from gpt import plot
 from gpt.cli import UserError, run
-from gpt.train.logs import parse_log_line
+from gpt.runlog import parse_log_line
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -19,9 +19,10 @@ from gpt.data.tokeniser import GPTTokeniser
 from gpt.finish import finish_run
 from gpt.model.generate import generate
 from gpt.model.gpt2 import GPT
+from gpt.runlog import read_events
 from gpt.train import rundir
 from gpt.train import state as train_state
-from gpt.train.logs import RunLogger, read_events, truncate_logs
+from gpt.train.logs import RunLogger, truncate_logs
 from gpt.train.loop import NonFiniteLossError, train
 from gpt.train.recipe import configure_optimizer, grad_accum_steps, lr_at
 

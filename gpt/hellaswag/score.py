@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gpt.hellaswag.data import N_ENDINGS, HellaSwagError
-from gpt.model.gpt2 import GPT
+from gpt.model.base import LanguageModel
 
 DEFAULT_BATCH_SIZE = 16
 ROW_TOKENS = 256  # packed rows hold at least this many tokens (longer when one example needs it)
@@ -193,15 +193,16 @@ def build_packed_batch(items: Sequence[Encoded], capacity: int = ROW_TOKENS) -> 
     )
 
 
-def unwrap(model: nn.Module) -> GPT:
-    """Our GPT inside a DDP wrapper (`.module`) and/or torch.compile (`._orig_mod`)."""
+def unwrap(model: nn.Module) -> LanguageModel:
+    """Our model (either family) inside a DDP wrapper (`.module`) and/or torch.compile
+    (`._orig_mod`)."""
     while True:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
             break
         model = inner
-    if not isinstance(model, GPT):
-        raise TypeError(f"expected our GPT model, got {type(model).__name__}")
+    if not isinstance(model, LanguageModel):
+        raise TypeError(f"expected one of our models, got {type(model).__name__}")
     return model
 
 
@@ -216,7 +217,9 @@ def _log_likelihoods(
     return ll.index_add_(0, owner, logp).view(n_items, N_ENDINGS)
 
 
-def score_packed_batch(model: GPT, items: Sequence[Encoded], device: torch.device) -> torch.Tensor:
+def score_packed_batch(
+    model: LanguageModel, items: Sequence[Encoded], device: torch.device
+) -> torch.Tensor:
     """Log-likelihoods (len(items), 4) of each ending, from one packed forward pass."""
     b = build_packed_batch(items)
     idx, pos, mask = b.idx.to(device), b.pos.to(device), b.mask.to(device)
@@ -226,7 +229,9 @@ def score_packed_batch(model: GPT, items: Sequence[Encoded], device: torch.devic
     return _log_likelihoods(logits, b.tgt.to(device), b.owner.to(device), len(items))
 
 
-def score_seed_batch(model: GPT, items: Sequence[Encoded], device: torch.device) -> torch.Tensor:
+def score_seed_batch(
+    model: LanguageModel, items: Sequence[Encoded], device: torch.device
+) -> torch.Tensor:
     """The seed's method, as the benchmark baseline: one item at a time, four zero-padded rows of
     `ctx + ending`, full forward pass and cross-entropy at every position, then a masked sum."""
     out = []
@@ -356,7 +361,9 @@ def summarise(
     }
 
 
-def _our_items(model: GPT, tokeniser: Any, examples: Sequence[dict[str, Any]]) -> list[Encoded]:
+def _our_items(
+    model: LanguageModel, tokeniser: Any, examples: Sequence[dict[str, Any]]
+) -> list[Encoded]:
     return encode_examples(
         examples,
         tokeniser.encode_ordinary_batch,

@@ -13,8 +13,8 @@ against F.linear on the (out, in) parameters, the copies' cost included:
                     1.14x at batch 4, 1.09x at 8
 GPUs and autocast (which the copies would ignore) use the parameters as they are.
 
-How the copies reach the blocks: `GPT.hidden` takes a `linear` argument, the function the blocks
-apply their linear layers with (`linear(layer, x)`; by default the layer itself), and
+How the copies reach the blocks: `LanguageModel.hidden` takes a `linear` argument, the function
+the blocks apply their linear layers with (`linear(layer, x)`; by default the layer itself), and
 `DecodingWeights.linear` applies the layer's copy instead where it has one, so the same block code
 runs either way. The decoding loop (gpt/model/generate.py) builds a `DecodingWeights` at the start
 of one generate call and drops it at the end: nothing is stored on the model, a weight change
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gpt.model.gpt2 import GPT
+from gpt.model.base import LanguageModel
 
 PACK_FROM_BATCH = 4
 """The smallest batch decoded through packed copies (see the module docstring)."""
@@ -85,26 +85,26 @@ class DecodingWeights:
         self.head = head
 
     def linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """The `Linear` for GPT.hidden: x through the layer's copy if it has one."""
+        """The `Linear` for LanguageModel.hidden: x through the layer's copy if it has one."""
         copy = self.layers.get(layer)
         return layer(x) if copy is None else copy(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, C) -> logits (B, vocab_size), as GPT.logits."""
+        """Hidden states (B, C) -> logits (B, vocab_size), as LanguageModel.logits."""
         return self.head(hidden)
 
 
-def packed(model: GPT, batch_size: int) -> DecodingWeights:
+def packed(model: LanguageModel, batch_size: int) -> DecodingWeights:
     """oneDNN-packed copies of every linear weight of the blocks and of the lm_head."""
     layers: dict[nn.Linear, Projection] = {
         layer: PackedLinear(layer.weight, layer.bias, batch_size)
-        for layer in model.transformer.h.modules()
+        for layer in model.blocks.modules()
         if isinstance(layer, nn.Linear)
     }
     return DecodingWeights(layers, PackedLinear(model.real_vocab_rows(), None, batch_size))
 
 
-def decoding_weights(model: GPT, batch_size: int) -> DecodingWeights:
+def decoding_weights(model: LanguageModel, batch_size: int) -> DecodingWeights:
     """The weights for decoding batch_size sequences with model: on CPU without autocast (which
     the copies would ignore), an input-major lm_head for one sequence and packed copies for
     PACK_FROM_BATCH or more (where oneDNN can pack the dtype: not float64); the model's own

@@ -1,12 +1,14 @@
 """Text generation: the key/value cache, sampling, and the decoding loop, streamed or not.
 
     >>> from gpt.config import model_preset
+    >>> from gpt.model.gpt2 import GPT
     >>> model = GPT(model_preset("tiny"))
     >>> generate(model, torch.zeros(1, 1, dtype=torch.long), 5, temperature=0).shape
     torch.Size([1, 6])
 
-The prompt runs once through `GPT.hidden` with an empty cache (prefill); then each new token costs
-one single-position pass that attends to every cached position. On CPU the weights are applied
+The prompt runs once through `LanguageModel.hidden` (gpt/model/base.py) with an empty cache
+(prefill); then each new token costs one single-position pass that attends to every cached
+position. On CPU the weights are applied
 through copies in faster layouts, made for the call (gpt/model/cpu_decode.py). inference.py is the
 command line over `generate` and `generate_stream`; bench/generate.py measures their speed.
 """
@@ -21,14 +23,14 @@ import torch.nn.functional as F
 
 from gpt.cli import UserError
 from gpt.config import GPTConfig
+from gpt.model.base import LanguageModel
 from gpt.model.cpu_decode import DecodingWeights, decoding_weights
-from gpt.model.gpt2 import GPT
 
 
 class KVCache:
     """Preallocated keys and values of every layer for a batch, filled from position 0 on
     (positions at or after `length` are never read, so the buffers start uninitialised); the
-    `Cache` that GPT.hidden reads and extends."""
+    `Cache` that LanguageModel.hidden reads and extends."""
 
     def __init__(
         self,
@@ -38,15 +40,15 @@ class KVCache:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
+        shape = (config.n_layer, batch_size, config.kv_heads, capacity, config.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, n_kv, S, hs)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.capacity = capacity
         self.length = 0
         """Positions filled so far; the next token goes to position `length`."""
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (B, nh, S, hs) key and value buffers of layer i."""
+        """The (B, n_kv, S, hs) key and value buffers of layer i."""
         return self.k[i], self.v[i]
 
 
@@ -97,7 +99,7 @@ def check_sampling(
 
 
 def last_logits(
-    model: GPT, idx: torch.Tensor, cache: KVCache, weights: DecodingWeights
+    model: LanguageModel, idx: torch.Tensor, cache: KVCache, weights: DecodingWeights
 ) -> torch.Tensor:
     """Run idx (B, T) from position cache.length on; the logits of its last position (B, V)."""
     hidden = model.hidden(idx, cache=cache, linear=weights.linear)  # (B, T, C)
@@ -105,7 +107,7 @@ def last_logits(
 
 
 def decode(
-    model: GPT,
+    model: LanguageModel,
     seq: torch.Tensor,
     prompt_len: int,
     temperature: float,
@@ -166,7 +168,7 @@ def output_buffer(
 
 @torch.inference_mode()
 def generate(
-    model: GPT,
+    model: LanguageModel,
     idx: torch.Tensor,
     max_new_tokens: int,
     *,
@@ -194,7 +196,7 @@ def generate(
 
 @torch.inference_mode()
 def generate_stream(
-    model: GPT,
+    model: LanguageModel,
     idx: torch.Tensor,
     max_new_tokens: int,
     *,

@@ -1,7 +1,8 @@
 """The training layer: `loop.train(cfg)` runs a TrainConfig and returns a TrainResult.
 
 loop.py      the loop, top to bottom: build the run, step, evaluate, save (it only sequences)
-recipe.py    the recipe's arithmetic: accumulation, run length, learning-rate schedule, AdamW
+recipe.py    the recipe's arithmetic: accumulation, run length, learning-rate schedules, optimizer
+optimizers.py  Muon for the blocks' matrices + AdamW for the rest, stepping as one optimizer
 parallel.py  the only place that knows DDP, FSDP2, torch.compile and autocast
 inputs.py    what a run reads: the data's loaders, the model's shape, HellaSwag's examples
 logs.py      metrics.jsonl and log.txt, written (with console, TensorBoard, W&B) and read back

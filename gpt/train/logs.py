@@ -1,15 +1,8 @@
-"""A run's logs, both ways: `RunLogger` writes them during training, `read_events` reads them back
-(for gpt/plot.py), `truncate_logs` cuts them back to a checkpoint before a resume.
+"""A run's logs during training: `RunLogger` writes them, `truncate_logs` cuts them back to a
+checkpoint before a resume. Their format and readers are gpt/runlog.py's.
 
-Rank 0 writes, into the run directory:
-    metrics.jsonl   one JSON object per line. The first line of a file written by this version
-                    names the format, {"kind": "format", "format": "gpt-alpha-metrics",
-                    "version": 1}; then one event per line, {"step", "tokens", "kind", "value",
-                    ...extras}. Files without the format line (older runs) are version 1.
-    log.txt         the seed's text log, unversioned and unchanged so that runs and the reference
-                    logs compare line for line: `STEP (TOKENS) KIND VALUE` for the numeric kinds
-                    train, val, hella and ckpt, e.g. `100 (52953088) val 6.6388`.
-and the console (one line per step above a progress bar), TensorBoard and W&B when asked.
+Rank 0 writes metrics.jsonl and log.txt into the run directory (see gpt/runlog.py), the console
+(one line per step above a progress bar), and TensorBoard and W&B when asked.
 """
 
 from __future__ import annotations
@@ -24,17 +17,7 @@ from tqdm import tqdm
 from gpt.cli import UserError
 from gpt.config import TrainConfig
 from gpt.fsio import write_text_atomic
-
-METRICS_FILE = "metrics.jsonl"
-TEXT_LOG_FILE = "log.txt"
-METRICS_FORMAT = "gpt-alpha-metrics"
-METRICS_VERSION = 1
-FORMAT_KIND = "format"  # the kind of metrics.jsonl's first record, which names the format
-LOG_KINDS = ("train", "val", "hella", "ckpt")  # the seed's text log holds these
-
-Event = tuple[int, int, str, Any]
-"""(step, tokens, kind, value): one logged event, from either file."""
-
+from gpt.runlog import FORMAT_KIND, LOG_KINDS, METRICS_FILE, TEXT_LOG_FILE, format_record
 
 # ----------------------------------------------------------------------------- writing
 
@@ -114,11 +97,6 @@ class RunLogger:
             self.wandb.finish()
 
 
-def format_record() -> dict[str, Any]:
-    """metrics.jsonl's first record."""
-    return {"kind": FORMAT_KIND, "format": METRICS_FORMAT, "version": METRICS_VERSION}
-
-
 def _tensorboard_writer(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -135,80 +113,6 @@ def _wandb_run(cfg: TrainConfig, run_dir: Path) -> Any:
     except ImportError:
         raise UserError("--wandb needs the wandb package: pip install wandb") from None
     return wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=cfg.to_dict())
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def run_log(path: Path) -> Path:
-    """The log to read for `path`: a run directory's metrics.jsonl, else its log.txt; a file as
-    it is."""
-    if path.is_dir():
-        for candidate in (path / METRICS_FILE, path / TEXT_LOG_FILE):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"{path}: no {METRICS_FILE} or {TEXT_LOG_FILE} in this run directory")
-    if not path.is_file():
-        raise UserError(f"no such run directory or log file: {path}")
-    return path
-
-
-def read_events(path: Path) -> list[Event]:
-    """The events of a metrics.jsonl file (`.jsonl`) or a text log (anything else), in file
-    order; a line that does not parse is a UserError naming it."""
-    parse = _parse_metrics_line if path.suffix == ".jsonl" else _parse_text_line
-    events: list[Event] = []
-    try:
-        # Bytes that are not UTF-8 become U+FFFD: such a line then fails to parse, naming its line.
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    event = parse(line, f"{path}:{lineno}")
-                    if event is not None:
-                        events.append(event)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    return events
-
-
-def parse_log_line(line: str) -> tuple[int, int, str, str]:
-    """`STEP (TOKENS) KIND VALUE` -> (step, tokens, kind, value).
-
-    >>> parse_log_line(" 100 (52953088) val 6.6388")
-    (100, 52953088, 'val', '6.6388')
-    """
-    parts = line.split(maxsplit=3)
-    if len(parts) != 4 or not (parts[1].startswith("(") and parts[1].endswith(")")):
-        raise ValueError("expected `STEP (TOKENS) KIND VALUE`")
-    return int(parts[0]), int(parts[1][1:-1]), parts[2], parts[3].strip()
-
-
-def _parse_text_line(line: str, where: str) -> Event:
-    try:
-        return parse_log_line(line)
-    except ValueError as e:  # parse_log_line's own, or int() of a bad number
-        raise UserError(f"{where}: {e}: {line.strip()[:80]!r}") from None
-
-
-def _parse_metrics_line(line: str, where: str) -> Event | None:
-    """One metrics.jsonl line as an event; None for the format record (checked here)."""
-    try:
-        record = json.loads(line)
-        kind = str(record["kind"])
-        if kind != FORMAT_KIND:
-            return int(record["step"]), int(record["tokens"]), kind, record["value"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise UserError(f"{where}: expected a JSON object with step, tokens, kind, value") from None
-    _check_format(record, where)
-    return None
-
-
-def _check_format(record: dict[str, Any], where: str) -> None:
-    if record.get("format") != METRICS_FORMAT or record.get("version") != METRICS_VERSION:
-        raise UserError(
-            f"{where}: metrics format {record.get('format')!r} version {record.get('version')!r};"
-            f" this code reads {METRICS_FORMAT!r} version {METRICS_VERSION}"
-        )
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -39,11 +39,12 @@ from gpt.data.tokeniser import Tokeniser
 from gpt.distributed import DistEnv
 from gpt.fsio import write_json_atomic
 from gpt.hellaswag.score import evaluate as hellaswag_evaluate
+from gpt.model.base import LanguageModel
 from gpt.model.generate import generate
-from gpt.model.gpt2 import GPT
 from gpt.train import inputs, rundir
 from gpt.train.logs import RunLogger, truncate_logs
 from gpt.train.mfu import MFU
+from gpt.train.optimizers import Optimizer
 from gpt.train.parallel import Parallel, make_parallel
 from gpt.train.recipe import (
     apply_optimizer_settings,
@@ -89,11 +90,11 @@ class Run:
     parallel: Parallel
     run_dir: Path
     model_config: GPTConfig
-    model: GPT
+    model: LanguageModel
     """The plain module (parameters shared with train_model; sharded under FSDP)."""
     train_model: nn.Module
     """What the training step calls: model, wrapped by DDP and/or compiled."""
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     train_loader: DataLoader
     val_loader: DataLoader | None
     val_steps: int
@@ -268,8 +269,8 @@ def train_step(run: Run) -> None:
     check_finite(run, "loss", loss_value)
     norm = parallel.clip_grad_norm(run.model, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     check_finite(run, "gradient norm", norm)
-    lr = lr_at(step, cfg, run.max_steps)
-    set_lr(run.optimizer, lr)
+    lr = lr_at(step, cfg, run.max_steps)  # max_lr's: every group follows it from its own peak
+    set_lr(run.optimizer, step, cfg, run.max_steps)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -333,7 +334,7 @@ def evaluate(run: Run) -> bool:
     return False
 
 
-def validation_loss(run: Run, model: GPT) -> float:
+def validation_loss(run: Run, model: LanguageModel) -> float:
     """Mean loss over val_steps batches of the validation split, from its start, over ranks."""
     assert run.val_loader is not None
     run.val_loader.reset()
@@ -349,7 +350,7 @@ def validation_loss(run: Run, model: GPT) -> float:
     return total.item()
 
 
-def hellaswag(run: Run, model: GPT, tokens: int) -> None:
+def hellaswag(run: Run, model: LanguageModel, tokens: int) -> None:
     """HellaSwag accuracy of the current model, its examples spread over the ranks."""
     assert run.hellaswag is not None
     with run.parallel.autocast():
@@ -369,7 +370,7 @@ def hellaswag(run: Run, model: GPT, tokens: int) -> None:
     run.log.print(f"step {run.step:6d} | hellaswag acc_norm {result['acc_norm']:.4f}{cut}")
 
 
-def sample(run: Run, model: GPT, tokens: int) -> None:
+def sample(run: Run, model: LanguageModel, tokens: int) -> None:
     """A few continuations of the sample prompt (rank 0), into the logs. The prompt follows an
     end-of-text token, as every training document does."""
     cfg, tok = run.cfg, run.tokeniser

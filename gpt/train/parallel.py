@@ -38,7 +38,9 @@ from gpt.checkpoint import CheckpointError, load_weights, model_state_for_saving
 from gpt.cli import UserError
 from gpt.config import GPTConfig, TrainConfig
 from gpt.distributed import DistEnv
-from gpt.model.gpt2 import GPT
+from gpt.model.base import LanguageModel
+from gpt.model.families import build_model
+from gpt.train.optimizers import Optimizer, torch_optimizers
 from gpt.train.recipe import configure_optimizer
 
 ModelState = dict[str, torch.Tensor]
@@ -108,35 +110,37 @@ class Parallel(ABC):
         return float(norm)
 
     @abstractmethod
-    def build_model(self, config: GPTConfig, weights: Path | None) -> tuple[GPT, nn.Module]:
+    def build_model(
+        self, config: GPTConfig, weights: Path | None
+    ) -> tuple[LanguageModel, nn.Module]:
         """The plain model on this rank's device, initialised (or loaded from the checkpoint
         `weights`), and what the training step calls (wrapped and/or compiled)."""
 
     @abstractmethod
-    def optimizer(self, model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
-        """The run's AdamW (recipe.configure_optimizer) over this rank's parameters."""
+    def optimizer(self, model: LanguageModel, cfg: TrainConfig) -> Optimizer:
+        """The run's optimizer (recipe.configure_optimizer) over this rank's parameters."""
 
     @abstractmethod
     def grad_sync(
-        self, model: GPT, train_model: nn.Module, sync: bool
+        self, model: LanguageModel, train_model: nn.Module, sync: bool
     ) -> AbstractContextManager[None]:
         """A context in which backward synchronises gradients across ranks only when `sync`
         (the last micro-step)."""
 
     @abstractmethod
-    def eval_model(self, model: GPT) -> AbstractContextManager[GPT]:
+    def eval_model(self, model: LanguageModel) -> AbstractContextManager[LanguageModel]:
         """An uncompiled, unwrapped model in eval mode, whole on every rank."""
 
     @abstractmethod
     def full_states(
-        self, model: GPT, optimizer: torch.optim.Optimizer
+        self, model: LanguageModel, optimizer: Optimizer
     ) -> tuple[ModelState, OptimizerState]:
         """Full (unsharded, CPU) model and optimizer states for a checkpoint; complete on rank 0
         (every rank must call it)."""
 
     @abstractmethod
     def load_optimizer_state(
-        self, model: GPT, optimizer: torch.optim.Optimizer, state: OptimizerState, file: Path
+        self, model: LanguageModel, optimizer: Optimizer, state: OptimizerState, file: Path
     ) -> None:
         """Put a full optimizer state (as `full_states` gathers it, read from the checkpoint
         file `file`) into this rank's optimizer."""
@@ -145,14 +149,16 @@ class Parallel(ABC):
 class Replicated(Parallel):
     """One process, or DDP: each rank holds the whole model."""
 
-    def build_model(self, config: GPTConfig, weights: Path | None) -> tuple[GPT, nn.Module]:
-        model = GPT(config)
+    def build_model(
+        self, config: GPTConfig, weights: Path | None
+    ) -> tuple[LanguageModel, nn.Module]:
+        model = build_model(config)
         if weights is not None:
             load_weights(model, weights)
         model.to(self.device)
         return model, self.wrap(model)
 
-    def wrap(self, model: GPT) -> nn.Module:
+    def wrap(self, model: LanguageModel) -> nn.Module:
         """DDP across ranks, then torch.compile if asked. The DDP-wrapped module is compiled, not
         the other way round, so that Dynamo sees DDP and its DDPOptimizer splits the graph at
         DDP's gradient-bucket boundaries: each bucket's all-reduce then starts while the backward
@@ -164,11 +170,11 @@ class Replicated(Parallel):
             wrapped = DistributedDataParallel(model, device_ids=ids)
         return torch.compile(wrapped) if self.compile else wrapped
 
-    def optimizer(self, model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    def optimizer(self, model: LanguageModel, cfg: TrainConfig) -> Optimizer:
         return configure_optimizer(model, cfg, self.device)
 
     @contextmanager
-    def grad_sync(self, model: GPT, train_model: nn.Module, sync: bool) -> Iterator[None]:
+    def grad_sync(self, model: LanguageModel, train_model: nn.Module, sync: bool) -> Iterator[None]:
         if self.env.distributed and not sync:
             with train_model.no_sync():  # type: ignore[operator]
                 yield
@@ -176,19 +182,19 @@ class Replicated(Parallel):
             yield
 
     @contextmanager
-    def eval_model(self, model: GPT) -> Iterator[GPT]:
+    def eval_model(self, model: LanguageModel) -> Iterator[LanguageModel]:
         model.eval()
         yield model
 
     def full_states(
-        self, model: GPT, optimizer: torch.optim.Optimizer
+        self, model: LanguageModel, optimizer: Optimizer
     ) -> tuple[ModelState, OptimizerState]:
         if not self.env.is_main:
             return {}, {}
         return model_state_for_saving(model), optimizer.state_dict()
 
     def load_optimizer_state(
-        self, model: GPT, optimizer: torch.optim.Optimizer, state: OptimizerState, file: Path
+        self, model: LanguageModel, optimizer: Optimizer, state: OptimizerState, file: Path
     ) -> None:
         try:
             optimizer.load_state_dict(state)
@@ -199,12 +205,14 @@ class Replicated(Parallel):
 class Sharded(Parallel):
     """FSDP2: parameters, gradients and optimizer states sharded over the ranks."""
 
-    def build_model(self, config: GPTConfig, weights: Path | None) -> tuple[GPT, nn.Module]:
-        """Built on the meta device, sharded, and only then given memory and weights: GPT's own
-        initialisation, parameter by parameter (`initialise_sharded`), or the checkpoint's
-        weights, read whole into CPU memory first (`load_sharded_weights`)."""
+    def build_model(
+        self, config: GPTConfig, weights: Path | None
+    ) -> tuple[LanguageModel, nn.Module]:
+        """Built on the meta device, sharded, and only then given memory and weights: the
+        model's own initialisation, parameter by parameter (`initialise_sharded`), or the
+        checkpoint's weights, read whole into CPU memory first (`load_sharded_weights`)."""
         with torch.device("meta"):
-            model = GPT(config)
+            model = build_model(config)
         self.shard(model)
         model.to_empty(device=self.device)
         if weights is not None:
@@ -213,29 +221,29 @@ class Sharded(Parallel):
             initialise_sharded(model)
         return model, model
 
-    def shard(self, model: GPT) -> None:
+    def shard(self, model: LanguageModel) -> None:
         """FSDP2 per block, then the root; each block compiled in place first (module.compile()
         keeps parameter names). On CUDA in bfloat16 the blocks compute with bf16 copies of the
         parameters and reduce gradients in float32 (CPU/gloo runs stay float32)."""
         policy = MixedPrecisionPolicy()
         if self.device.type == "cuda" and self.dtype == torch.bfloat16:
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for block in model.transformer.h:
+        for block in model.blocks:
             if self.compile:
                 block.compile()
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
 
-    def optimizer(self, model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    def optimizer(self, model: LanguageModel, cfg: TrainConfig) -> Optimizer:
         return configure_optimizer(model, cfg, self.device, fused=False)
 
     @contextmanager
-    def grad_sync(self, model: GPT, train_model: nn.Module, sync: bool) -> Iterator[None]:
+    def grad_sync(self, model: LanguageModel, train_model: nn.Module, sync: bool) -> Iterator[None]:
         model.set_requires_gradient_sync(sync)  # type: ignore[operator]
         yield
 
     @contextmanager
-    def eval_model(self, model: GPT) -> Iterator[GPT]:
+    def eval_model(self, model: LanguageModel) -> Iterator[LanguageModel]:
         """A full copy gathered on every rank (so that each rank can run its own share)."""
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         copy = empty_model(model.config, self.device)
@@ -245,24 +253,27 @@ class Sharded(Parallel):
         del copy, state
 
     def full_states(
-        self, model: GPT, optimizer: torch.optim.Optimizer
+        self, model: LanguageModel, optimizer: Optimizer
     ) -> tuple[ModelState, OptimizerState]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(model, options=options)
         # Before the first step there is no state, and get_optimizer_state_dict would create it
         # by taking a zero-gradient step (advancing AdamW's step count): save none instead.
         optim_state: OptimizerState = {}
-        if optimizer.state:
-            optim_state = get_optimizer_state_dict(model, optimizer, options=options)
-        model_state = {k: v.contiguous() for k, v in model_state.items() if k != "lm_head.weight"}
+        parts = torch_optimizers(optimizer)
+        if any(part.state for part in parts):
+            optim_state = get_optimizer_state_dict(model, parts, options=options)
+        alias = model.tied_alias
+        model_state = {k: v.contiguous() for k, v in model_state.items() if k not in alias}
         return model_state, optim_state
 
     def load_optimizer_state(
-        self, model: GPT, optimizer: torch.optim.Optimizer, state: OptimizerState, file: Path
+        self, model: LanguageModel, optimizer: Optimizer, state: OptimizerState, file: Path
     ) -> None:
         if state:  # empty: saved before the first step
             options = StateDictOptions(full_state_dict=True)
-            set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=options)
+            parts = torch_optimizers(optimizer)
+            set_optimizer_state_dict(model, parts, optim_state_dict=state, options=options)
 
 
 # ----------------------------------------------------------------------------- FSDP's weights
@@ -292,15 +303,16 @@ def on_full_parameters(
 
 
 @torch.no_grad()
-def initialise_sharded(model: GPT) -> None:
-    """Give a sharded model exactly the weights GPT(config) makes on one process.
+def initialise_sharded(model: LanguageModel) -> None:
+    """Give a sharded model exactly the weights build_model(config) makes on one process.
 
-    GPT(config) draws from the global RNG twice over: each layer's constructor initialises
-    its parameters (nn.Linear's reset_parameters, ...), then GPT._init_weights overwrites them
-    in nn.Module.apply's order. Both passes are replayed here on full-size CPU tensors, one
-    module at a time, so the RNG advances exactly as on one process; the first pass's values
-    are thrown away, and after the second each rank copies its shard. The tied lm_head shares
-    wte's parameter, initialised once through wte, as in GPT's init.
+    The constructor draws from the global RNG twice over: each layer's constructor initialises
+    its parameters (nn.Linear's reset_parameters, ...), then the model's _init_weights
+    overwrites them in nn.Module.apply's order. Both passes are replayed here on full-size CPU
+    tensors, one module at a time, so the RNG advances exactly as on one process; the first
+    pass's values are thrown away, and after the second each rank copies its shard. A tied
+    lm_head shares the token embedding's parameter, initialised once through the embedding, as
+    in the model's init.
     """
     for module in model.modules():  # registration order = construction order
         if hasattr(module, "reset_parameters"):
@@ -320,17 +332,17 @@ def initialise_sharded(model: GPT) -> None:
             done.add(id(p))
 
 
-def empty_model(config: GPTConfig, device: torch.device) -> GPT:
-    """A GPT with uninitialised weights on `device` (no time or RNG spent on an initialisation
-    that will be overwritten), its lm_head tied to wte as GPT's constructor ties them."""
+def empty_model(config: GPTConfig, device: torch.device) -> LanguageModel:
+    """A model with uninitialised weights on `device` (no time or RNG spent on an initialisation
+    that will be overwritten), its lm_head tied as the constructor ties it."""
     with torch.device("meta"):
-        model = GPT(config)
+        model = build_model(config)
     model.to_empty(device=device)  # new tensors per module: the tie is undone...
-    model.lm_head.weight = model.transformer.wte.weight  # ...and made again
+    model.tie_weights()  # ...and made again
     return model
 
 
-def load_sharded_weights(model: GPT, path: Path) -> None:
+def load_sharded_weights(model: LanguageModel, path: Path) -> None:
     """Load a checkpoint's weights into a sharded model: read and checked on CPU as for one
     process (gpt.checkpoint.load_weights), then each rank keeps its shard."""
     full = empty_model(model.config, torch.device("cpu"))

@@ -3,7 +3,10 @@ AdamW parameter groups. Pure functions of a TrainConfig (and the model, for the 
 
 Each optimizer step reads total_batch_size tokens: `grad_accum_steps` micro-batches of
 batch_size x seq_len tokens on each of world_size ranks. The learning rate warms up linearly over
-warmup_steps, decays along a cosine to min_lr_ratio * max_lr at max_steps, and stays flat after.
+warmup_steps, then either decays along a cosine to min_lr_ratio x its peak at max_steps (cosine)
+or stays at the peak and decays linearly over the last decay_frac of the run (wsd); it stays flat
+after max_steps. Every parameter group follows the schedule from its own peak: max_lr for AdamW's
+groups, muon_lr etc. for --optimizer muon (gpt/train/optimizers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 
 from gpt.cli import UserError
 from gpt.config import TrainConfig
+from gpt.train.optimizers import MuonAdamW, Optimizer, muon_adamw
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -51,59 +55,101 @@ def default_max_steps(cfg: TrainConfig, train_tokens: int) -> int:
     return steps
 
 
-def lr_at(step: int, cfg: TrainConfig, max_steps: int) -> float:
-    """Linear warm-up over warmup_steps, cosine decay to min_lr_ratio * max_lr at max_steps,
-    flat after.
+def lr_at(step: int, cfg: TrainConfig, max_steps: int, peak: float | None = None) -> float:
+    """The learning rate at `step` of a group whose peak is `peak` (default max_lr): linear
+    warm-up over warmup_steps, then cfg.schedule (cosine here, wsd in `wsd_lr`), flat after
+    max_steps at min_lr_ratio x peak. It is peak x a factor in (0, 1] that depends on the step
+    alone (computed from the peak, so that the default path is today's arithmetic, bit for bit).
 
-    With max_lr 1, min_lr_ratio 0.1, 10 warm-up steps and 110 steps: step 0 takes 1/10 of the
-    peak, step 9 the peak, step 60 (half-way through the decay) 0.1 + 0.9 / 2, step 110 and
-    later the floor:
+    Cosine with max_lr 1, min_lr_ratio 0.1, 10 warm-up steps and 110 steps: step 0 takes 1/10 of
+    the peak, step 9 the peak, step 60 (half-way through the decay) 0.1 + 0.9 / 2, step 110 and
+    later the floor; a group with peak 0.02 takes 0.02 x the same factors:
 
         >>> cfg = TrainConfig(max_lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
         >>> [round(lr_at(s, cfg, 110), 4) for s in (0, 9, 60, 110, 500)]
         [0.1, 1.0, 0.55, 0.1, 0.1]
+        >>> [round(lr_at(s, cfg, 110, peak=0.02), 4) for s in (0, 9, 60, 110, 500)]
+        [0.002, 0.02, 0.011, 0.002, 0.002]
     """
-    min_lr = cfg.max_lr * cfg.min_lr_ratio
+    peak = cfg.max_lr if peak is None else peak
     if step < cfg.warmup_steps:
-        return cfg.max_lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        return wsd_lr(step, cfg, max_steps, peak)
+    min_lr = peak * cfg.min_lr_ratio
     if step >= max_steps:
         return min_lr
     progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.max_lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - min_lr)
+
+
+def wsd_lr(step: int, cfg: TrainConfig, max_steps: int, peak: float) -> float:
+    """Warm-up/stable/decay after the warm-up: `peak` until the last round(decay_frac x
+    max_steps) steps (at least one), then a straight line to min_lr_ratio x peak at max_steps,
+    flat after.
+
+    With min_lr_ratio 0.1, 10 warm-up steps, 110 steps and decay_frac 0.2, the decay takes the
+    last 22 steps (88..110): step 50 and step 88 are at the peak, step 99 (half-way) at
+    0.1 + 0.9 / 2, step 110 and later at the floor:
+
+        >>> cfg = TrainConfig(max_lr=1.0, min_lr_ratio=0.1, warmup_steps=10, schedule="wsd")
+        >>> [round(lr_at(s, cfg, 110), 4) for s in (0, 9, 50, 88, 99, 109, 110, 500)]
+        [0.1, 1.0, 1.0, 1.0, 0.55, 0.1409, 0.1, 0.1]
+    """
+    min_lr = peak * cfg.min_lr_ratio
+    decay_steps = max(1, round(cfg.decay_frac * max_steps))
+    left = max_steps - step
+    if left >= decay_steps:
+        return peak
+    if left <= 0:
+        return min_lr
+    return min_lr + (peak - min_lr) * left / decay_steps
 
 
 def configure_optimizer(
     model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on >= 2-D parameters only (matmul weights, embeddings); fused
-    kernels where this PyTorch has them for the device (unless `fused` says otherwise)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+) -> Optimizer:
+    """The run's optimizer (cfg.optimizer): AdamW over every parameter (`adamw_optimizer`), or
+    Muon for the blocks' matrices and AdamW for the rest (gpt/train/optimizers.py). Fused AdamW
+    kernels where this PyTorch has them for the device, unless `fused` says otherwise."""
     if fused is None:
         fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
             "cuda",
             "cpu",
         )
+    if cfg.optimizer == "muon":
+        return muon_adamw(model, cfg, fused)
+    return adamw_optimizer(model, cfg, fused)
+
+
+def adamw_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on >= 2-D parameters only (matmul weights, embeddings)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(
         groups, lr=cfg.max_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None
     )
 
 
-def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
-    """Put the run's AdamW settings on the parameter groups. A loaded optimizer state carries
-    the betas, eps and weight decay it was saved with; a resumed run uses its own settings (the
-    learning rate is set at every step). The groups are configure_optimizer's: decayed, then not.
-    """
+def apply_optimizer_settings(optimizer: Optimizer, cfg: TrainConfig) -> None:
+    """Put the run's settings on the parameter groups. A loaded optimizer state carries the
+    betas, eps, weight decay (and Muon's peaks and momentum) it was saved with; a resumed run
+    uses its own settings (the learning rate is set at every step). A plain AdamW's groups are
+    `adamw_optimizer`'s: decayed, then not; MuonAdamW's are named (see there)."""
+    if isinstance(optimizer, MuonAdamW):
+        optimizer.apply_settings(cfg)
+        return
     for group, weight_decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0), strict=True):
         group["betas"] = (cfg.beta1, cfg.beta2)
         group["eps"] = cfg.eps
         group["weight_decay"] = weight_decay
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The learning rate of every parameter group (the schedule sets it before each step)."""
+def set_lr(optimizer: Optimizer, step: int, cfg: TrainConfig, max_steps: int) -> None:
+    """Each parameter group's learning rate at `step`, from its own peak (`peak_lr`, which
+    MuonAdamW's groups carry; max_lr for a plain AdamW's)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr_at(step, cfg, max_steps, group.get("peak_lr"))

@@ -229,10 +229,11 @@ def check_resumable(cfg: TrainConfig, state: TrainingState, path: Path, world_si
             f"{path} was written by {state.world_size} ranks; resume it with the same number "
             f"(now {world_size}) so that every rank's data position is restored"
         )
-    changed = fixed_setting_changes(state.train_config, cfg.to_dict())
+    saved = with_defaults(state.train_config)
+    changed = fixed_setting_changes(saved, cfg.to_dict())
     if changed:
         name = changed[0]
-        then, now = state.train_config.get(name), getattr(cfg, name)
+        then, now = saved[name], getattr(cfg, name)
         raise UserError(f"{path}: checkpoint has {name}={then!r}, this run {name}={now!r}")
 
 
@@ -243,7 +244,13 @@ def saved_train_config(path: str | Path) -> dict[str, Any]:
     config = training.get("train_config") if isinstance(training, dict) else None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: a model directory, not a training checkpoint")
-    return config
+    return with_defaults(config)
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's TrainConfig with the fields it predates at their defaults: a checkpoint
+    written before `optimizer` existed was trained with the default, AdamW."""
+    return {**TrainConfig().to_dict(), **saved}
 
 
 def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
