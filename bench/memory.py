@@ -57,11 +57,7 @@ def peak_rss() -> int:
 
 def seed_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The seed's forward with targets: full padded logits, real columns sliced, cross-entropy."""
-    t = torch.arange(idx.size(1))
-    x = model.transformer.wte(idx) + model.transformer.wpe(t)  # (B, T, C)
-    for block in model.transformer.h:
-        x = block(x)
-    logits = model.lm_head(model.transformer.ln_f(x))  # (B, T, padded V)
+    logits = model.lm_head(model.hidden(idx))  # (B, T, padded V)
     logits = logits[..., : model.config.vocab_size]  # (B, T, V), a view copied in the backward
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 

@@ -5,8 +5,9 @@
 
 Trains, on the CPU demo's data (the python-docs corpus, its 4,096-token tokeniser; prepared into
 cache/demo as `python train.py --preset demo` does) and the same token budget:
-    gpt2 @ LR    the `demo` preset (GPT-2, AdamW, cosine) at its peak rate and at two others, so
-                 that the comparison is against the best GPT-2 run, not one untuned rate
+    gpt2 @ LR    the `demo` preset (GPT-2, AdamW, cosine) at its peak rate (1e-3) and at half
+                 and twice that, so that the comparison is against the best GPT-2 run, not one
+                 untuned rate
     modern       the `modern-demo` preset (Qwen3 layout, Muon + AdamW, warm-up/stable/decay)
 each with a validation loss every --eval-every steps (the same batches for every run). Then it
 prints, and writes as one PNG (validation loss against tokens and against training seconds):
@@ -227,7 +228,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gpt2-lrs",
         type=lambda s: [float(x) for x in s.split(",")],
-        default=[2.5e-4, 1e-3],
+        default=[5e-4, 2e-3],
         help="GPT-2 peak rates besides the demo preset's (comma-separated)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny presets, a few steps")

@@ -17,6 +17,7 @@ from gpt.model.gpt2 import GPT
 from gpt.train.loop import train
 from gpt.train.mfu import gpu_peak_flops
 from tests.test_distributed import (  # noqa: F401 (single_run is a fixture)
+    OPTIMIZERS,
     ROOT,
     assert_same_run,
     single_run,
@@ -24,11 +25,16 @@ from tests.test_distributed import (  # noqa: F401 (single_run is a fixture)
     values,
 )
 
+# The compiled paths against AdamW's one-process reference (the optimizer is not compiled, so
+# Muon would add nothing here that tests/test_distributed.py does not cover).
+ADAMW_REFERENCE = pytest.mark.parametrize("single_run", ["adamw"], indirect=True)
+
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@ADAMW_REFERENCE
 def test_compiled_ddp_on_two_ranks_matches_eager_one_rank(
-    single_run: Path,  # noqa: F811
+    single_run: tuple[str, Path],  # noqa: F811
     tiny_train_data: Path,
     tmp_path: Path,
 ) -> None:
@@ -36,20 +42,21 @@ def test_compiled_ddp_on_two_ranks_matches_eager_one_rank(
     process with twice the accumulation: the same losses and weights (within 1e-4, as DDP)."""
     out = tmp_path / "ddp_compiled"
     torchrun(tiny_train_data, out, "--save-every=0", "--compile")
-    assert_same_run(out, single_run)
+    assert_same_run(out, single_run[1], OPTIMIZERS["adamw"][1])
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@ADAMW_REFERENCE
 def test_compiled_fsdp_on_two_ranks_matches_eager_one_rank(
-    single_run: Path,  # noqa: F811
+    single_run: tuple[str, Path],  # noqa: F811
     tiny_train_data: Path,
     tmp_path: Path,
 ) -> None:
     """FSDP2 with each block compiled on its own, built on the meta device: the same run."""
     out = tmp_path / "fsdp_compiled"
     torchrun(tiny_train_data, out, "--save-every=0", "--fsdp", "--compile")
-    assert_same_run(out, single_run)
+    assert_same_run(out, single_run[1], OPTIMIZERS["adamw"][1])
 
 
 FSDP_INIT_SCRIPT = """

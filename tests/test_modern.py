@@ -109,3 +109,12 @@ def test_inference_and_hellaswag_on_checkpoint_and_export(modern_run: Path) -> N
             cwd=modern_run,
         ).stdout  # fmt: skip
         assert "acc_norm" in scored
+
+
+def test_recipes_benchmark_smoke(tmp_path: Path) -> None:
+    """`bench/recipes.py --smoke` from another directory with a relative --out: both recipes
+    train, the comparison is printed and the picture written."""
+    result = run("bench/recipes.py", "--smoke", "--out", "runs/smoke", cwd=tmp_path)
+    assert "modern" in result.stdout and "best GPT-2 run's final val loss" in result.stdout
+    png = tmp_path / "runs/smoke/recipes.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
