@@ -188,12 +188,14 @@ def test_unknown_devices_have_no_peak(name: str) -> None:
     assert gpu_peak_flops(name, torch.bfloat16) is None
 
 
-def test_gpu_benchmark_smoke_mode_prints_the_whole_table(tmp_path: Path) -> None:
-    """`python bench/gpu.py --smoke`, run as a user would from another directory: every row of
-    the table, and a resume that reproduces the uninterrupted losses."""
+@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
+def test_gpu_benchmark_smoke_mode_prints_the_whole_table(tmp_path: Path, recipe: str) -> None:
+    """`python bench/gpu.py --smoke [--recipe modern]`, run as a user would from another
+    directory: every row of the table, and a resume that reproduces the uninterrupted losses
+    (Muon's state included for the modern recipe)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--recipe", recipe],
         capture_output=True,
         text=True,
         timeout=300,
