@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.test_trainer import write_hellaswag
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,20 +27,6 @@ def run(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*args, *argv], capture_output=True, text=True, env=env, cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
-
-
-def write_hellaswag(path: Path, n: int = 6) -> Path:
-    """A few HellaSwag-shaped items (the scorer needs ctx, endings, label)."""
-    items = [
-        {
-            "ctx": f"The module {i} defines",
-            "endings": ["a class.", "x", "the end.", "no"],
-            "label": i % 4,
-        }
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(x) + "\n" for x in items))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ import torch
 from gpt.cli import UserError
 from gpt.config import GPTConfig, model_preset
 from gpt.model.families import build_model
-from gpt.model.qwen3 import Qwen3
+from tests.test_generate import greedy_by_recomputation
+from tests.test_model import float64_model
 
 # float64 rounding is ~1e-16 per operation; 1e-10 leaves room for a few thousand of them and
 # still fails on any real error (a wrong angle or head grouping moves outputs by >= 1e-3).
 EXACT = {"rtol": 1e-10, "atol": 1e-10}
 SMALL = GPTConfig(arch="qwen3", block_size=64, vocab_size=100, n_layer=2, n_head=4, n_embd=32)
-
-
-def random_model(config: GPTConfig, seed: int = 0) -> Qwen3:
-    """A float64 model with every weight random (its zero-initialised ones too)."""
-    torch.manual_seed(seed)
-    model = build_model(config).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
-    assert isinstance(model, Qwen3)
-    return model
 
 
 def hf_qwen3_param_count(config: GPTConfig) -> int:
@@ -105,7 +95,7 @@ def test_rotary_attention_depends_only_on_relative_positions() -> None:
     """Shifting every position by the same amount leaves the outputs unchanged (rotary
     embeddings encode only the distance between a query and a key), while a causal model
     with a real position signal changes when the relative order changes."""
-    model = random_model(SMALL)
+    model = float64_model(SMALL)
     idx = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         base = model.hidden(idx)
@@ -137,7 +127,7 @@ def test_rotary_rotates_half_pairs_by_position_angles() -> None:
 def test_grouped_query_attention_equals_repeated_key_value_heads() -> None:
     """n_kv_head = 2 with 4 query heads is full attention whose key/value heads are each
     repeated for two consecutive query heads."""
-    grouped = random_model(GPTConfig(**{**SMALL.__dict__, "n_kv_head": 2}))
+    grouped = float64_model(GPTConfig(**{**SMALL.__dict__, "n_kv_head": 2}))
     full = build_model(SMALL).double().eval()
     state = grouped.state_dict()
     hs = SMALL.head_dim
@@ -180,16 +170,6 @@ def test_config_refuses_fields_outside_the_family(fields: dict, message: str) ->
         GPTConfig(**fields)
 
 
-def greedy_by_recomputation(model: Qwen3, idx: torch.Tensor, new: int) -> torch.Tensor:
-    """Greedy decoding that recomputes the whole context every step (no cache)."""
-    seq = idx
-    with torch.no_grad():
-        for _ in range(new):
-            logits, _ = model(seq)
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return seq
-
-
 @pytest.mark.parametrize("batch", [1, 4])  # the layers as they are (float32); packed copies
 def test_greedy_with_cache_equals_recomputation(batch: int) -> None:
     """Rotary positions continue across the cache, grouped heads are cached per key/value
@@ -198,7 +178,7 @@ def test_greedy_with_cache_equals_recomputation(batch: int) -> None:
     from gpt.model.generate import generate
 
     config = GPTConfig(**{**SMALL.__dict__, "n_kv_head": 2, "pad_vocab_multiple": 64})
-    model = random_model(config).float()
+    model = float64_model(config).float()
     if batch == 4 and packing_available():
         assert len(decoding_weights(model, batch).layers) == 7 * config.n_layer
     idx = torch.randint(0, 100, (batch, 5), generator=torch.Generator().manual_seed(5))
