@@ -17,7 +17,10 @@ Rows, on CUDA (the `gpt2` preset, bf16 autocast, batch 64 x 1024, 4 micro-steps 
 - hellaswag: items per second over 200 items of HELLASWAG_FILE (or ../shared/data/hellaswag/),
   synthetic items if there is no file (the row says so);
 - save + resume: a run saves at step N and goes on K steps; resuming from that checkpoint
-  repeats those K steps; the row says whether the K losses are identical.
+  repeats those K steps; the row says whether the K losses are identical. Twice: with the
+  default kernels (some of which, on a GPU, differ from run to run in their last bits) and with
+  --deterministic.
+A row that fails says so in the table (traceback on stderr); the others still run.
 The GPT-2 encoding must be available (tiktoken's cache, the network, or GPT2_BPE_DIR; the
 shared data folder is used when present). Target (issue 9): >= 45% MFU on one H100/H200.
 """
@@ -34,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,7 +257,9 @@ def hellaswag_row(
     return ["hellaswag", f"{result['n'] / seconds:,.1f} items/s", "-", peak_memory(device), note]
 
 
-def resume_row(setting: Setting, data: Path, tok: Tokeniser, out: Path, **over: Any) -> list[str]:
+def resume_row(
+    name: str, setting: Setting, data: Path, tok: Tokeniser, out: Path, **over: Any
+) -> list[str]:
     """Run N + K steps saving at N; resume from step N; are steps N..N+K-1 the same?"""
     n, k = setting.resume
     cfg = run_config(setting, data, tok, out, max_steps=n + k, save_every=n, **over)
@@ -267,7 +273,29 @@ def resume_row(setting: Setting, data: Path, tok: Tokeniser, out: Path, **over: 
     worst = max(abs(a - b) for a, b in zip(again, whole, strict=True))
     verdict = "identical" if same else f"differ (max {worst:.2e})"
     note = f"saved after step {n}, {k} more steps; losses of steps {n}-{n + k - 1} compared"
-    return ["save + resume", verdict, "-", "-", note]
+    return [name, verdict, "-", "-", note]
+
+
+def guarded(name: str, make_row: Callable[[], list[str]]) -> list[str]:
+    """make_row(), or a row saying why it failed (the traceback goes to stderr), so that one
+    failure does not cost the other rows of a GPU session."""
+    try:
+        return make_row()
+    except Exception as error:  # noqa: BLE001 - reported in the table and on stderr
+        traceback.print_exc()
+        return [name, "failed", "-", "-", f"{type(error).__name__}: {error}"[:120]]
+
+
+def inference_rows(
+    model: LanguageModel, tok: Tokeniser, setting: Setting, dtype: torch.dtype
+) -> list[list[str]]:
+    """Generation at batch 1 and 8, and HellaSwag, with the trained model."""
+    rows = [
+        guarded(f"generate, batch {b}", lambda b=b: generation_row(model, b, setting, dtype))
+        for b in (1, 8)
+    ]
+    rows.append(guarded("hellaswag", lambda: hellaswag_row(model, tok, setting, dtype)))
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -308,16 +336,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                               max_steps=setting.compiled_steps, compile=True, **over)  # fmt: skip
         eager = run_config(setting, data, tok, work / "eager", max_steps=setting.eager_steps,
                            compile=False, **over)  # fmt: skip
-        rows = [
-            training_row("train, compiled", setting, compiled, device),
-            training_row("train, eager", setting, eager, device),
-        ]
+        rows = [training_row("train, compiled", setting, compiled, device)]
+        rows.append(guarded("train, eager", lambda: training_row("train, eager", setting, eager,
+                                                                   device)))  # fmt: skip
         model, _ = ckpt.load_model_dir(rundir.latest_checkpoint(work / "compiled"), device=device)
-        rows += [generation_row(model, b, setting, dtype) for b in (1, 8)]
-        rows.append(hellaswag_row(model, tok, setting, dtype))
+        rows += inference_rows(model, tok, setting, dtype)
         del model
-        rows.append(resume_row(setting, data, tok, work / "resume", compile=True, **over))
-    print(table(["run", "throughput", "MFU", "peak memory", "notes"], rows))
+        for name, exact in (("save + resume", False), ("save + resume, --deterministic", True)):
+            rows.append(guarded(name, lambda name=name, exact=exact: resume_row(
+                name, setting, data, tok, work / f"resume-{exact}", compile=True,
+                deterministic=exact, **over)))  # fmt: skip
+        print(table(["run", "throughput", "MFU", "peak memory", "notes"], rows), flush=True)
     return 0
 
 

@@ -202,6 +202,10 @@ class TrainConfig:
     """torch.compile the training step (default: on for CUDA, off elsewhere)."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state with FSDP2 instead of DDP."""
+    deterministic: bool = False
+    """Deterministic kernels only (torch.use_deterministic_algorithms, no cuDNN attention): on
+    a GPU two runs, or a run and its resume, then give bit-identical losses. CPU runs are
+    deterministic without it."""
     batch_size: int = 64
     """Micro-batch size per device (sequences)."""
     seq_len: int = 1024

@@ -231,7 +231,9 @@ MODERN += ("--embed-lr=5e-3", "--head-lr=4e-3")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [(), MODERN], ids=["gpt2-adamw", "modern-muon"])
+@pytest.mark.parametrize(
+    "recipe", [(), (*MODERN, "--deterministic")], ids=["gpt2-adamw", "modern-muon-deterministic"]
+)
 def test_resume_after_sigkill_is_bit_identical(
     tiny_train_data: Path, tmp_path: Path, recipe: tuple[str, ...]
 ) -> None:
@@ -239,7 +241,8 @@ def test_resume_after_sigkill_is_bit_identical(
     the working directory with the relative --out and nothing else (`--out runs/x --resume`):
     the saved settings come back, and the per-step losses, final weights and text log equal an
     uninterrupted run's, bit for bit. Both families and both optimizers (Muon's and AdamW's
-    states restored exactly)."""
+    states restored exactly); --deterministic (which matters on GPUs) runs the whole path here
+    and is restored by the resume like every other setting."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     whole, killed = tmp_path / "runs" / "whole", tmp_path / "runs" / "killed"
     subprocess.run(

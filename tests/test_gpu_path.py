@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt.config import GPTConfig
+from gpt.hellaswag import score as hs
 from gpt.model.generate import generate
 from gpt.model.gpt2 import GPT
 from gpt.train.loop import train
@@ -24,6 +26,7 @@ from tests.test_distributed import (  # noqa: F401 (single_run is a fixture)
     torchrun,
     values,
 )
+from tests.test_hellaswag import _random_items
 
 # The compiled paths against AdamW's one-process reference (the optimizer is not compiled, so
 # Muon would add nothing here that tests/test_distributed.py does not cover).
@@ -206,6 +209,51 @@ def test_gpu_benchmark_smoke_mode_prints_the_whole_table(tmp_path: Path, recipe:
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
             if line.startswith("| ")}  # fmt: skip
     for row in ("train, compiled", "train, eager", "generate, batch 1", "generate, batch 8",
-                "hellaswag", "save + resume"):  # fmt: skip
+                "hellaswag", "save + resume", "save + resume, --deterministic"):  # fmt: skip
         assert row in rows, f"missing row {row!r} in:\n{result.stdout}"
-    assert "identical" in rows["save + resume"] and "differ" not in rows["save + resume"]
+        assert "failed" not in rows[row], rows[row]
+    for row in ("save + resume", "save + resume, --deterministic"):
+        assert "identical" in rows[row] and "differ" not in rows[row]
+
+
+def test_decoding_and_packed_scoring_run_without_cudnn_attention(tiny_config: GPTConfig) -> None:
+    """cuDNN's attention plans per shape (tens of ms each on an H200): decoding and packed
+    HellaSwag batches, whose shapes change at every call, must run with it switched off, and
+    switch it back on afterwards for training (the flags are global, so they are readable on
+    CPU too)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    seen: list[bool] = []
+    model.blocks[0].register_forward_pre_hook(
+        lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+    )
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    generate(model, torch.zeros(2, 3, dtype=torch.long), 4, temperature=0)
+    items = _random_items(np.random.default_rng(0), 5, tiny_config.vocab_size)
+    hs.score_items(model, items, hs.score_packed_batch, device=torch.device("cpu"), batch_size=2)
+    assert len(seen) == 4 + 3 and not any(seen)  # 1 prefill + 3 steps, 3 packed batches
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    model(torch.zeros(1, 3, dtype=torch.long))  # a training-shaped forward keeps the default
+    assert seen[-1]
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels(tiny_run_config) -> None:
+    """--deterministic: PyTorch's deterministic algorithms, cuBLAS's fixed workspace and no
+    cuDNN attention, process-wide (so checked in a fresh process)."""
+    cfg = tiny_run_config(deterministic=True)
+    code = (
+        "import os, torch\n"
+        "from gpt.config import TrainConfig\n"
+        "from gpt.distributed import setup\n"
+        "from gpt.train.parallel import make_parallel\n"
+        f"make_parallel(TrainConfig(**{cfg.__dict__!r}), setup('cpu'))\n"
+        "print(torch.are_deterministic_algorithms_enabled(),"
+        " torch.backends.cuda.cudnn_sdp_enabled(), os.environ['CUBLAS_WORKSPACE_CONFIG'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False", ":4096:8"]

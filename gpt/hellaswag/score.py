@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gpt.hellaswag.data import N_ENDINGS, HellaSwagError
-from gpt.model.base import LanguageModel
+from gpt.model.base import LanguageModel, varying_shapes
 
 DEFAULT_BATCH_SIZE = 16
 ROW_TOKENS = 256  # packed rows hold at least this many tokens (longer when one example needs it)
@@ -223,7 +223,8 @@ def score_packed_batch(
     """Log-likelihoods (len(items), 4) of each ending, from one packed forward pass."""
     b = build_packed_batch(items)
     idx, pos, mask = b.idx.to(device), b.pos.to(device), b.mask.to(device)
-    hidden = model.hidden(idx, positions=pos, mask=mask)  # (R, T, C)
+    with varying_shapes():  # the number of rows R differs from batch to batch
+        hidden = model.hidden(idx, positions=pos, mask=mask)  # (R, T, C)
     h = hidden.flatten(0, 1)[b.src.to(device)]  # (M, C): only positions that predict an ending
     logits = model.logits(h)  # (M, V)
     return _log_likelihoods(logits, b.tgt.to(device), b.owner.to(device), len(items))

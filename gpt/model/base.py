@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gpt.config import GPTConfig
 from gpt.model.loss import lm_loss
@@ -62,6 +64,23 @@ class Where:
     queries being the last T of the S = start + T keys."""
     rotary: tuple[torch.Tensor, torch.Tensor] | None = None
     """cos and sin (B or 1, 1, T, hs) of each token's position (families with rotary embeddings)."""
+
+
+# cuDNN's attention, which PyTorch tries first on recent GPUs (Hopper, Blackwell), builds an
+# execution plan for every new shape: once for training's fixed (B, T), but tens of milliseconds
+# on every step of decoding (one more key each time) and every packed HellaSwag batch (measured:
+# 16 tokens/s at batch 1 on an H200). Calls whose shapes vary use the other kernels.
+VARYING_SHAPE_KERNELS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def varying_shapes() -> AbstractContextManager[None]:
+    """Attention without cuDNN's per-shape plans while in this context (see above); enter it
+    around each forward call, not across a generator's yields (the setting is process-wide)."""
+    return sdpa_kernel(VARYING_SHAPE_KERNELS)
 
 
 def attend(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from gpt.cli import UserError
 from gpt.config import GPTConfig
-from gpt.model.base import LanguageModel
+from gpt.model.base import LanguageModel, varying_shapes
 from gpt.model.cpu_decode import DecodingWeights, decoding_weights
 
 
@@ -102,7 +102,8 @@ def last_logits(
     model: LanguageModel, idx: torch.Tensor, cache: KVCache, weights: DecodingWeights
 ) -> torch.Tensor:
     """Run idx (B, T) from position cache.length on; the logits of its last position (B, V)."""
-    hidden = model.hidden(idx, cache=cache, linear=weights.linear)  # (B, T, C)
+    with varying_shapes():  # the keys grow by one each step
+        hidden = model.hidden(idx, cache=cache, linear=weights.linear)  # (B, T, C)
     return weights.logits(hidden[:, -1])
 
 

@@ -15,6 +15,7 @@ so compilation can never break validation, HellaSwag or sampling, and gather ful
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -76,8 +77,20 @@ def make_parallel(cfg: TrainConfig, env: DistEnv) -> Parallel:
         raise UserError("--fsdp needs several processes: launch with torchrun")
     if env.device.type == "cuda":
         torch.set_float32_matmul_precision("high")
+    if cfg.deterministic:
+        deterministic_kernels()
     strategy = Sharded if cfg.fsdp else Replicated
     return strategy(env, autocast_dtype(cfg, env.device), compile_on(cfg, env))
+
+
+def deterministic_kernels() -> None:
+    """Only deterministic kernels in this process from here on: PyTorch's deterministic
+    variants (and an error from an op that has none), Inductor without autotuning, cuBLAS with a
+    fixed workspace, and attention by FlashAttention (whose backward has a deterministic mode,
+    which this turns on) rather than cuDNN."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def compile_on(cfg: TrainConfig, env: DistEnv) -> bool:
