@@ -3,11 +3,13 @@
     python bench/generate.py                      # 6 layers, 384 wide, 50,257 tokens, CPU
     python bench/generate.py --batches 1 --new-tokens 64 --recompute-tokens 0
 
-A random 6-layer, 384-wide GPT-2 with GPT-2's vocabulary, float32, greedy decoding of
---new-tokens tokens after a --prompt-len prompt (transformers forced to the same length with
-min_new_tokens). Runs alternate (ours, theirs) so that both meet the same machine load, and
-the best round of each is kept (on a shared machine the least disturbed one); the greedy tokens
-are checked to be identical.
+A random 6-layer, 384-wide GPT-2 with GPT-2's vocabulary, greedy decoding of --new-tokens
+tokens after a --prompt-len prompt (transformers forced to the same length with
+min_new_tokens), in float32 and then with both models' weights in bfloat16 (--dtypes). Runs
+alternate (ours, theirs) so that both meet the same machine load, and the best round of each is
+kept (on a shared machine the least disturbed one); the greedy tokens are compared: in float32
+they must be identical, in bfloat16 the two round differently and a near-tie can go either way,
+so the table gives the share of identical tokens.
 
 Decoding reads every weight once per step, for the whole batch, so memory bandwidth bounds it:
 the table gives tokens/s as a fraction of batch x bandwidth / weight bytes, the bandwidth
@@ -90,6 +92,55 @@ def weight_bytes(model: GPT) -> int:
     return n * model.lm_head.weight.element_size()
 
 
+def same_tokens(ours: GPT, theirs: torch.nn.Module, idx: torch.Tensor) -> str:
+    """How many of 16 greedy new tokens the two models agree on: "yes" for all."""
+    a = generate(ours, idx, 16, temperature=0)[:, idx.size(1) :]
+    b = hf_generate(theirs, idx, 16)[:, idx.size(1) :]
+    share = (a == b).float().mean().item()
+    return "yes" if share == 1 else f"{share:.0%}"
+
+
+def batch_row(
+    ours: GPT, theirs: torch.nn.Module, B: int, dtype: str, bound: float, args: argparse.Namespace
+) -> list[str]:
+    """One table row: both models decoding B sequences, alternating rounds, the best of each."""
+    idx = torch.randint(0, args.vocab_size, (B, args.prompt_len))
+    generate(ours, idx, 4, temperature=0)  # warm-up: allocator, threads
+    hf_generate(theirs, idx, 4)
+    same = same_tokens(ours, theirs, idx)
+    t_ours, t_theirs = [], []
+    for _ in range(args.rounds):
+        t_ours.append(timed(generate, ours, idx, args.new_tokens, temperature=0))
+        t_theirs.append(timed(hf_generate, theirs, idx, args.new_tokens))
+    ours_tps = B * args.new_tokens / min(t_ours)
+    theirs_tps = B * args.new_tokens / min(t_theirs)
+    return [
+        f"generate, batch {B}, {dtype}",
+        f"{ours_tps:.1f}",
+        f"{theirs_tps:.1f}",
+        f"{ours_tps / theirs_tps:.2f}x",
+        f"{ours_tps / (B * bound):.0%} / {theirs_tps / (B * bound):.0%}",
+        same,
+    ]
+
+
+def recompute_row(ours: GPT, args: argparse.Namespace) -> list[str]:
+    """Ours with the KV cache against recomputing the whole context, batch 1."""
+    idx = torch.randint(0, args.vocab_size, (1, args.prompt_len))
+    n = args.recompute_tokens
+    t_cache = timed(generate, ours, idx, n, temperature=0)
+    t_full = timed(recompute_generate, ours, idx, n)
+    same = torch.equal(generate(ours, idx, 32, temperature=0), recompute_generate(ours, idx, 32))
+    return [
+        f"KV cache vs recompute, batch 1, {n} new",
+        f"{n / t_cache:.1f}",
+        f"{n / t_full:.1f}",
+        f"{t_full / t_cache:.2f}x",
+        "-",
+        "yes" if same else "NO",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -102,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="float32 and/or bfloat16")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per batch")
     p.add_argument("--recompute-tokens", type=int, default=512, help="0 skips that comparison")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -112,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--batches must be integers separated by commas: {args.batches}") from None
     if min(batches) < 1 or args.rounds < 1 or args.new_tokens < 1 or args.prompt_len < 1:
         raise UserError("batch sizes, --rounds, --new-tokens and --prompt-len must be >= 1")
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= {"float32", "bfloat16"}:
+        raise UserError(f"--dtypes must be float32 and/or bfloat16, got {args.dtypes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = GPTConfig(
@@ -125,56 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         f"model: {args.n_layer} layers, {args.n_embd} wide, vocab {args.vocab_size}, "
-        f"{ours.num_params():,} parameters, float32; greedy, prompt {args.prompt_len}, "
+        f"{ours.num_params():,} parameters; greedy, prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, best of {args.rounds} alternating rounds"
     )
     bandwidth = read_bandwidth()
-    bound = bandwidth / weight_bytes(ours)
-    print(
-        f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {weight_bytes(ours) / 1e6:.0f} MB of "
-        f"weights per step -> bound {bound:.0f} steps/s (tokens/s at batch 1)"
-    )
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s")
     rows = []
-    for B in batches:
-        idx = torch.randint(0, args.vocab_size, (B, args.prompt_len))
-        generate(ours, idx, 4, temperature=0)  # warm-up: allocator, threads
-        hf_generate(theirs, idx, 4)
-        same = torch.equal(generate(ours, idx, 16, temperature=0), hf_generate(theirs, idx, 16))
-        t_ours, t_theirs = [], []
-        for _ in range(args.rounds):
-            t_ours.append(timed(generate, ours, idx, args.new_tokens, temperature=0))
-            t_theirs.append(timed(hf_generate, theirs, idx, args.new_tokens))
-        ours_tps = B * args.new_tokens / min(t_ours)
-        theirs_tps = B * args.new_tokens / min(t_theirs)
-        fraction = f"{ours_tps / (B * bound):.0%} / {theirs_tps / (B * bound):.0%}"
-        rows.append(
-            [
-                f"generate, batch {B}",
-                f"{ours_tps:.1f}",
-                f"{theirs_tps:.1f}",
-                f"{ours_tps / theirs_tps:.2f}x",
-                fraction,
-                "yes" if same else "NO",
-            ]
-        )
-    if args.recompute_tokens:
-        idx = torch.randint(0, args.vocab_size, (1, args.prompt_len))
-        n = args.recompute_tokens
-        t_cache = timed(generate, ours, idx, n, temperature=0)
-        t_full = timed(recompute_generate, ours, idx, n)
-        same = torch.equal(
-            generate(ours, idx, 32, temperature=0), recompute_generate(ours, idx, 32)
-        )
-        rows.append(
-            [
-                f"KV cache vs recompute, batch 1, {n} new",
-                f"{n / t_cache:.1f}",
-                f"{n / t_full:.1f}",
-                f"{t_full / t_cache:.2f}x",
-                "-",
-                "yes" if same else "NO",
-            ]
-        )
+    last = [recompute_row(ours, args)] if args.recompute_tokens else []  # float32, first
+    for name in dtypes:  # both models converted in place, in the order given
+        ours.to(getattr(torch, name))
+        theirs.to(getattr(torch, name))
+        bound = bandwidth / weight_bytes(ours)
+        print(f"{name}: {weight_bytes(ours) / 1e6:.0f} MB of weights per step -> bound "
+              f"{bound:.0f} steps/s (tokens/s at batch 1)")  # fmt: skip
+        rows += [batch_row(ours, theirs, B, name, bound, args) for B in batches]
+    rows += last
     headers = ["case", "ours tok/s", "peer tok/s", "ratio", "of bound (ours/peer)", "same tokens"]
     print(table(headers, rows))
     print("peer: transformers GPT2LMHeadModel.generate (sdpa); last row: recompute, no cache")

@@ -53,6 +53,7 @@ from gpt import checkpoint as ckpt  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import MODERN_RECIPE, TrainConfig  # noqa: E402
 from gpt.data.prepare import prepare_dataset  # noqa: E402
+from gpt.data.shards import read_manifest  # noqa: E402
 from gpt.data.sources import iter_documents  # noqa: E402
 from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser  # noqa: E402
 from gpt.hellaswag import score as hs  # noqa: E402
@@ -95,10 +96,10 @@ GPU = Setting("cuda", "bfloat16", "gpt2", 64, 1024, 4, 30, 10, 5, (3, 3), 16, 12
 SMOKE = Setting("cpu", "float32", "tiny", 4, 32, 2, 4, 3, 1, (2, 2), 8, 16, 8, 20_000)
 
 
-def tokeniser_for(setting: Setting, work: Path) -> Tokeniser:
-    """GPT-2's encoding on the GPU (the gpt2 preset's real vocabulary); on the smoke run a
-    small BPE trained in a moment on the embedded python-docs corpus."""
-    if setting is GPU:
+def tokeniser_for(smoke: bool, work: Path) -> Tokeniser:
+    """GPT-2's encoding on the GPU, for either recipe (the presets' real vocabulary); on the
+    smoke run a small BPE trained in a moment on the embedded python-docs corpus."""
+    if not smoke:
         if (SHARED / "gpt2" / "vocab.bpe").is_file():
             os.environ.setdefault("GPT2_BPE_DIR", str(SHARED / "gpt2"))
         return get_tokeniser("gpt2")
@@ -186,9 +187,10 @@ def training_row(name: str, setting: Setting, cfg: TrainConfig, device: torch.de
     tok_s = statistics.median(e["tok_s"] for e in steps)
     mfus = [e["mfu"] for e in steps if "mfu" in e]
     mfu = f"{100 * statistics.median(mfus):.1f}%" if mfus else "- (pass --peak-flops)"
+    vocab = read_manifest(cfg.data)["vocab_size"]
     note = (
-        f"{cfg.model} {cfg.dtype}, B={cfg.batch_size} T={cfg.seq_len} x {setting.accum} micro-"
-        f"steps; median of steps {setting.warmup}-{cfg.max_steps - 1}"
+        f"{cfg.model} {cfg.dtype}, vocab {vocab:,}, B={cfg.batch_size} T={cfg.seq_len} x "
+        f"{setting.accum} micro-steps; median of steps {setting.warmup}-{cfg.max_steps - 1}"
     )
     return [name, f"{tok_s:,.0f} tok/s", mfu, peak_memory(device), note]
 
@@ -330,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="gpt-bench-gpu-") as tmp:
         work = Path(tmp)
-        tok = tokeniser_for(setting, work)
+        tok = tokeniser_for(args.smoke, work)
         data = synthetic_data(setting, tok, work)
         compiled = run_config(setting, data, tok, work / "compiled",
                               max_steps=setting.compiled_steps, compile=True, **over)  # fmt: skip

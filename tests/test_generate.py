@@ -4,6 +4,7 @@ eos stopping, context cropping, top-k / top-p support, seeded reproducibility; t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,22 +198,40 @@ def test_empty_prompt_is_refused(model: GPT) -> None:
         generate(model, torch.zeros(2, 0, dtype=torch.long), 5)
 
 
-def test_benchmark_bad_input_is_one_line_error() -> None:
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, str(root / "bench" / "generate.py"), "--batches", "1,x"],
-        capture_output=True,
-        text=True,
-        cwd=root,
-    )
+def run_benchmark(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parent.parent / "bench" / "generate.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "flag"), [(["--batches", "1,x"], "--batches"),
+                                            (["--dtypes", "float16"], "--dtypes")])  # fmt: skip
+def test_benchmark_bad_input_is_one_line_error(args: list[str], flag: str, tmp_path: Path) -> None:
+    result = run_benchmark(*args, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: --batches") and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {flag}") and "Traceback" not in result.stderr
+
+
+def test_benchmark_runs_both_dtypes_against_transformers(tmp_path: Path) -> None:
+    """bench/generate.py on a small model, from another directory: a row per batch and dtype,
+    float32's greedy tokens identical to transformers', and the recompute row."""
+    result = run_benchmark("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--vocab-size",
+                           "512", "--new-tokens", "4", "--rounds", "1", "--recompute-tokens", "4",
+                           "--batches", "1,8", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    rows = {row[0].strip(): row[1:] for row in cells[1:]}  # below the header
+    cases = [f"generate, batch {b}, {d}" for d in ("float32", "bfloat16") for b in (1, 8)]
+    assert list(rows) == [*cases, "KV cache vs recompute, batch 1, 4 new"]
+    assert rows["generate, batch 8, float32"][-1].strip() == "yes"
+    assert rows["KV cache vs recompute, batch 1, 4 new"][-1].strip() == "yes"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_dtypes_decode_like_recomputation(model: GPT, dtype: torch.dtype) -> None:
-    """Layouts oneDNN cannot pack (float64) fall back; bfloat16 takes the packed path (a batch
-    of 4)."""
+    """Layouts oneDNN cannot pack (float64) fall back; bfloat16 takes the packed path (at
+    batch 4 and 1 alike)."""
     other = GPT(CONFIG).to(dtype).eval()
     other.load_state_dict(model.state_dict())
     idx = torch.randint(0, CONFIG.vocab_size, (4, 5), generator=torch.Generator().manual_seed(11))
@@ -250,13 +269,16 @@ def test_generation_keeps_nothing_on_the_model(batch: int) -> None:
     )
 
 
-@pytest.mark.parametrize("batch", [1, 2, PACK_FROM_BATCH])
+FLOAT32_PACK_FROM = PACK_FROM_BATCH[torch.float32]
+
+
+@pytest.mark.parametrize("batch", [1, 2, FLOAT32_PACK_FROM])
 def test_decoding_copies_compute_what_the_layers_compute(batch: int) -> None:
     """CPU decoding's copies (an input-major lm_head for one sequence, packed weights from
     PACK_FROM_BATCH on) give the layers' own outputs, float32 rounding apart."""
     model = GPT(CONFIG).eval()
     weights = decoding_weights(model, batch)
-    if batch >= PACK_FROM_BATCH and packing_available():
+    if batch >= FLOAT32_PACK_FROM and packing_available():
         assert len(weights.layers) == 4 * CONFIG.n_layer
     else:
         assert weights.layers == {}
@@ -268,6 +290,21 @@ def test_decoding_copies_compute_what_the_layers_compute(batch: int) -> None:
         torch.testing.assert_close(weights.logits(h), model.logits(h))
 
 
+@pytest.mark.skipif(not packing_available(), reason="this PyTorch build cannot pack weights")
+def test_bfloat16_is_packed_from_one_sequence() -> None:
+    """bfloat16 weights decode through packed copies at every batch size (cpu_decode's
+    measurements), and they give the layers' outputs to bfloat16 rounding."""
+    model = GPT(CONFIG).to(torch.bfloat16).eval()
+    weights = decoding_weights(model, 1)
+    assert len(weights.layers) == 4 * CONFIG.n_layer
+    layer = model.transformer.h[0].mlp.c_fc
+    x = torch.randn(1, 1, layer.in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        # both round a float32 sum of the same products to bfloat16: at most one step apart
+        # (2^-7 relative); atol for sums that cancel to near zero
+        torch.testing.assert_close(weights.linear(layer, x), layer(x), rtol=2**-7, atol=1e-2)
+
+
 def test_float64_is_not_packed() -> None:
     """oneDNN cannot pack float64: such a model decodes with its own layers."""
-    assert decoding_weights(GPT(CONFIG).double(), PACK_FROM_BATCH).layers == {}
+    assert decoding_weights(GPT(CONFIG).double(), FLOAT32_PACK_FROM).layers == {}

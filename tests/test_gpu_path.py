@@ -214,6 +214,24 @@ def test_gpu_benchmark_smoke_mode_prints_the_whole_table(tmp_path: Path, recipe:
         assert "failed" not in rows[row], rows[row]
     for row in ("save + resume", "save + resume, --deterministic"):
         assert "identical" in rows[row] and "differ" not in rows[row]
+    assert "vocab " in rows["train, compiled"]  # the table says what vocabulary it trained
+
+
+def test_gpu_benchmark_uses_gpt2s_vocabulary_off_the_smoke_run(
+    gpt2_bpe_dir: Path, tmp_path: Path
+) -> None:
+    """Off the smoke run the tokeniser is GPT-2's, whatever the recipe (it was chosen by the
+    setting's identity, which the modern recipe replaces: the first H200 runs of that recipe
+    trained on the smoke run's 300-token BPE, without GPT-2's 50,257-row head)."""
+    code = (
+        "from pathlib import Path; import bench.gpu as g; "
+        f"print(g.tokeniser_for(False, Path({str(tmp_path)!r})).n_vocab)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPT2_BPE_DIR": str(gpt2_bpe_dir)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["50257"]
 
 
 def test_decoding_and_packed_scoring_run_without_cudnn_attention(tiny_config: GPTConfig) -> None:

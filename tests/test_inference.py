@@ -92,6 +92,30 @@ def test_command_on_checkpoint_and_export(dirs: tuple[Path, Path]) -> None:
         assert result.stdout.count("\nHi") == 2
 
 
+def test_bfloat16_samples_with_bfloat16_weights(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dtype bfloat16 decodes with the weights (and so the cache) in bfloat16, and prints what
+    the bfloat16 model's greedy samples are."""
+    lm = load_model(str(dirs[0]), torch.device("cpu"))
+    model16 = lm.model.to(torch.bfloat16)
+    [expected] = inference.sample(model16, lm.tokeniser, "Hi", max_tokens=8, num_samples=1,
+                                  temperature=0)  # fmt: skip
+    seen: list[torch.dtype] = []
+    real_sample = inference.sample
+
+    def recording_sample(model: GPT, *args: object, **kwargs: object) -> list[str]:
+        seen.append(model.lm_head.weight.dtype)
+        return real_sample(model, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "sample", recording_sample)
+    argv = ["--model", str(dirs[0]), "--prompt", "Hi", "--max-tokens", "8", "--temperature", "0",
+            "--num-samples", "1", "--device", "cpu", "--dtype", "bfloat16"]  # fmt: skip
+    assert inference.main(argv) == 0
+    assert seen == [torch.bfloat16]
+    assert capsys.readouterr().out == f"--- sample 1\n{expected}\n"
+
+
 def test_missing_model_is_one_line_error(tmp_path: Path) -> None:
     result = run_inference("--model", str(tmp_path / "nope"))
     assert result.returncode == 2
@@ -113,6 +137,7 @@ def test_offline_hub_name_is_one_line_error(tmp_path: Path) -> None:
         (["--num-samples", "0"], "num-samples"),
         (["--top-p", "2"], "top_p"),
         (["--device", "tpu"], "device"),
+        (["--dtype", "float16"], "dtype"),
     ],
 )
 def test_bad_settings_are_refused(

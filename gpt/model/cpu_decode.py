@@ -11,6 +11,9 @@ against F.linear on the (out, in) parameters, the copies' cost included:
     4 or more       oneDNN's packed (blocked) copies of every weight
                     (`torch.ops.mkldnn._reorder_linear_weight`, applied with `_linear_pointwise`):
                     1.14x at batch 4, 1.09x at 8
+A bfloat16 model (inference.py --dtype bfloat16) is packed at every batch size: against what
+float32 does at 1 and 2 (an input-major lm_head; the layers as they are), 1.40x at batch 1 and
+1.41x at 2 (same model and machine, whose oneDNN multiplies bfloat16 with AMX).
 GPUs and autocast (which the copies would ignore) use the parameters as they are.
 
 How the copies reach the blocks: `LanguageModel.hidden` takes a `linear` argument, the function
@@ -31,8 +34,9 @@ from torch import nn
 
 from gpt.model.base import LanguageModel
 
-PACK_FROM_BATCH = 4
-"""The smallest batch decoded through packed copies (see the module docstring)."""
+PACK_FROM_BATCH = {torch.float32: 4, torch.bfloat16: 1}
+"""The smallest batch decoded through packed copies, by weight dtype (see the module
+docstring); other dtypes are not packed."""
 
 
 def packing_available() -> bool:
@@ -106,16 +110,18 @@ def packed(model: LanguageModel, batch_size: int) -> DecodingWeights:
 
 def decoding_weights(model: LanguageModel, batch_size: int) -> DecodingWeights:
     """The weights for decoding batch_size sequences with model: on CPU without autocast (which
-    the copies would ignore), an input-major lm_head for one sequence and packed copies for
-    PACK_FROM_BATCH or more (where oneDNN can pack the dtype: not float64); the model's own
-    layers otherwise."""
-    on_cpu = model.lm_head.weight.device.type == "cpu"
-    if on_cpu and not torch.is_autocast_enabled("cpu"):
-        if batch_size == 1:
-            return DecodingWeights({}, InputMajorLinear(model.real_vocab_rows()))
-        if batch_size >= PACK_FROM_BATCH and packing_available():
-            try:
-                return packed(model, batch_size)
-            except RuntimeError:  # a dtype oneDNN cannot pack
-                pass
+    the copies would ignore), packed copies from the dtype's PACK_FROM_BATCH on and an
+    input-major lm_head for one float32 sequence; the model's own layers otherwise (float64,
+    which oneDNN cannot pack, and GPUs)."""
+    weight = model.lm_head.weight
+    if weight.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return DecodingWeights({}, model.logits)
+    pack_from = PACK_FROM_BATCH.get(weight.dtype)
+    if pack_from is not None and batch_size >= pack_from and packing_available():
+        try:
+            return packed(model, batch_size)
+        except RuntimeError:  # oneDNN could not pack this dtype on this CPU
+            pass
+    if batch_size == 1 and weight.dtype == torch.float32:
+        return DecodingWeights({}, InputMajorLinear(model.real_vocab_rows()))
     return DecodingWeights({}, model.logits)
