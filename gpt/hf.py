@@ -35,7 +35,7 @@ from gpt.cli import ArgumentParser, UserError, add_dataclass_args, explicit_valu
 from gpt.data.bpe import TokeniserError
 from gpt.data.tokeniser import Tokeniser, get_tokeniser
 from gpt.fsio import atomic_path, read_json_object, write_json_atomic
-from gpt.hf_card import RunFacts, push_to_hub, run_facts, write_model_card
+from gpt.hf_card import RunFacts, exported_params, push_to_hub, run_facts, write_model_card
 from gpt.hf_hub import (
     HUB_NAMES,
     ModelNotFoundError,
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm = load_model(opts.checkpoint, torch.device("cpu"))
     facts = run_facts(opts.checkpoint) if is_checkpoint(opts.checkpoint) else None
     out = save_pretrained(lm.model, opts.out, lm.tokeniser, facts)  # type: ignore[arg-type]
-    print(f"exported {opts.checkpoint} ({lm.model.num_params():,} parameters) to {out}")
+    print(f"exported {opts.checkpoint} ({exported_params(lm.model):,} parameters) to {out}")
     if opts.push_to_hub is not None:
         print(f"pushed {out} to {push_to_hub(out, opts.push_to_hub)}")
     return 0

@@ -91,17 +91,22 @@ def test_run_export_card_has_the_runs_facts(tiny_run_config, tmp_path: Path) -> 
 
 def test_bare_model_export_card_and_transformers_load(tmp_path: Path, gpt2_bpe_dir: Path) -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
+    config = GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16,
+                       pad_vocab_multiple=64)  # fmt: skip
+    model = GPT(config)  # 50,304 rows, 47 of them padding
     save_model_dir(model, tmp_path / "ckpt", tokeniser_spec="gpt2")
     out = export_cmd("ckpt", "out", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     meta, body = card_parts(tmp_path / "out" / "README.md")
     assert meta["library_name"] == "transformers" and "datasets" not in meta
-    assert f"Parameters: {model.num_params():,}" in body
+    exported = model.num_params() - 47 * config.n_embd  # the tied table's padded rows dropped
+    assert f"Parameters: {exported:,}" in body
+    assert f"({exported:,} parameters)" in out.stdout  # the command says the same
     assert "## Reproduce" not in body and "Trained:" not in body
     usage = body.split("```python\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert len(usage) == 3 and "AutoModelForCausalLM.from_pretrained" in usage[1]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert hf.num_parameters() == exported
     idx = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         ours, _ = model(idx)
