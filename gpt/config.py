@@ -55,6 +55,9 @@ class GPTConfig:
     """Base of the rotary position embedding's frequencies (qwen3)."""
     tie_embeddings: bool | None = None
     """Share the lm_head with the token embedding (default: gpt2 yes, qwen3 no)."""
+    head_size: int | None = None
+    """Width of each attention head (qwen3; default n_embd / n_head). Qwen3's released models
+    decouple it from the width: Qwen3-0.6B is 1024 wide with 16 query heads of 128."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -71,8 +74,12 @@ class GPTConfig:
         ):
             if getattr(self, name) < 1:
                 raise UserError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_size is not None and (self.head_size < 2 or self.head_size % 2):
+            raise UserError(
+                f"GPTConfig.head_size must be even (rotary pairs), got {self.head_size}"
+            )
         if self.n_head % self.kv_heads:
             raise UserError(
                 f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})"
@@ -93,6 +100,7 @@ class GPTConfig:
                 ("ffn_size", self.ffn_size is not None),
                 ("rope_theta", self.rope_theta != 10000.0),
                 ("tie_embeddings", self.tie_embeddings is False),
+                ("head_size", self.head_size not in (None, self.n_embd // self.n_head)),
             )
             if value
         ]
@@ -107,7 +115,8 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        """Width of one attention head: head_size, or n_embd / n_head."""
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def kv_heads(self) -> int:

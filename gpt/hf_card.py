@@ -244,9 +244,10 @@ def architecture_line(model: LanguageModel, model_type: str) -> str:
         " (grouped-query)" if cfg.kv_heads < cfg.n_head else ""
     )
     head = "tied to the token embedding" if cfg.tied else "untied"
+    heads = f"{cfg.n_head} heads" + (f" of {cfg.head_dim}" if cfg.head_size else "")
     return (
         f"- Architecture: {FAMILY_NAMES.get(model_type, model_type)}, {cfg.n_layer} layers, "
-        f"{cfg.n_head} heads, {kv}, width {cfg.n_embd}, MLP width {cfg.mlp_size}, lm_head "
+        f"{heads}, {kv}, width {cfg.n_embd}, MLP width {cfg.mlp_size}, lm_head "
         f"{head}, context {cfg.block_size} tokens, vocabulary {cfg.vocab_size:,}"
     )
 

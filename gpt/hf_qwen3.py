@@ -8,11 +8,12 @@ vocabulary rows are dropped on export (config.json's vocab_size is the real voca
 transformers never predicts a padding id), and a tied lm_head is not stored (transformers ties
 it again from `tie_word_embeddings`). transformers loads an export with no custom code.
 
-Import takes any Qwen3 checkpoint whose computation is ours; the variants we do not implement
-(attention biases, sliding-window attention, rope scaling, a head_dim other than
-hidden_size / num_attention_heads, another activation) are refused with one line naming the
-file. The rope base is read from `rope_parameters` (transformers >= 5) or the older top-level
-`rope_theta` / `rope_scaling`; an export writes both, so older transformers read it too.
+Import takes any Qwen3 checkpoint whose computation is ours, heads wider or narrower than
+hidden_size / num_attention_heads included (the released Qwen3 models: `head_dim` 128 at any
+width); the variants we do not implement (attention biases, sliding-window attention, rope
+scaling, another activation) are refused with one line naming the file. The rope base is
+read from `rope_parameters` (transformers >= 5) or the older top-level `rope_theta` /
+`rope_scaling`; an export writes both, so older transformers read it too.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def config_from_hf(hf: dict[str, Any], where: str) -> GPTConfig:
         "use_sliding_window": hf.get("use_sliding_window", False),
         "layer_types": any(t != "full_attention" for t in layer_types),
         "hidden_act": hf.get("hidden_act", "silu") != "silu",
-        "head_dim": hf.get("head_dim", 128) * heads != width,
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         detail = ", ".join(f"{k}={hf.get(k)!r}" for k in bad)
         raise UnsupportedModelError(f"{where}: unsupported Qwen3 variant ({detail})")
     theta = rope_theta(hf, where)
+    head_dim = hf.get("head_dim") or 128  # Qwen3Config's default
     try:
         return GPTConfig(
             arch="qwen3",
@@ -72,6 +73,7 @@ def config_from_hf(hf: dict[str, Any], where: str) -> GPTConfig:
             ffn_size=hf.get("intermediate_size", 22016),
             rope_theta=theta,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            head_size=None if head_dim * heads == width else head_dim,
         )
     except (TypeError, ValueError) as e:  # GPTConfig's own refusals are UserErrors already
         raise UnsupportedModelError(f"{where}: invalid Qwen3 config ({e})") from None

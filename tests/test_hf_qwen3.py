@@ -50,12 +50,17 @@ def tokeniser_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def random_qwen3(tied: bool, seed: int = 0) -> Qwen3:
+def random_qwen3(tied: bool, seed: int = 0, head_size: int | None = None) -> Qwen3:
     """modern-tiny (grouped-query attention: 4 query heads over 2 key/value heads) with random
-    weights everywhere: the zero-initialised projections and head, and norm gains off one."""
+    weights everywhere: the zero-initialised projections and head, and norm gains off one;
+    head_size decouples the heads from the width (32) as Qwen3's released models do."""
     torch.manual_seed(seed)
     config = model_preset(
-        "modern-tiny", vocab_size=VOCAB, pad_vocab_multiple=64, tie_embeddings=tied
+        "modern-tiny",
+        vocab_size=VOCAB,
+        pad_vocab_multiple=64,
+        tie_embeddings=tied,
+        head_size=head_size,
     )
     model = build_model(config)
     with torch.no_grad():
@@ -81,14 +86,19 @@ def hf_model(out: Path) -> transformers.PreTrainedModel:
     return hf.eval()
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize(
+    ("tied", "head_size"),
+    [(False, None), (True, None), (False, 16)],
+    ids=["untied", "tied", "decoupled-heads"],  # 4 heads of 16 on a width of 32
+)
 def test_transformers_logits_and_greedy_decoding_match(
-    tied: bool, tokeniser_file: Path, tmp_path: Path
+    tied: bool, head_size: int | None, tokeniser_file: Path, tmp_path: Path
 ) -> None:
-    model = random_qwen3(tied)
+    model = random_qwen3(tied, head_size=head_size)
     out = export(model, tokeniser_file, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == VOCAB and config["num_key_value_heads"] == 2
+    assert config["head_dim"] == (head_size or 8)
     assert config["tie_word_embeddings"] is tied
     hf = hf_model(out)
     assert hf.config.rope_parameters["rope_theta"] == model.config.rope_theta
@@ -113,10 +123,11 @@ def test_transformers_logits_and_greedy_decoding_match(
     assert len(set(ours_seq[0, 7:].tolist())) > 1  # not one token repeated
 
 
+@pytest.mark.parametrize("head_size", [None, 16], ids=["heads-of-width/n_head", "decoupled"])
 def test_import_is_exact_and_round_trip_byte_identical(
-    tokeniser_file: Path, tmp_path: Path
+    head_size: int | None, tokeniser_file: Path, tmp_path: Path
 ) -> None:
-    model = random_qwen3(tied=False, seed=1)
+    model = random_qwen3(tied=False, seed=1, head_size=head_size)
     out = export(model, tokeniser_file, tmp_path)
     lm = load_model(str(out), torch.device("cpu"))
     imported = lm.model
@@ -156,6 +167,8 @@ def test_card_names_family_kv_heads_and_parameters(tokeniser_file: Path, tmp_pat
     assert "Qwen3 layout, 2 layers, 4 heads, 2 key/value heads (grouped-query)" in body
     assert "MLP width 128, lm_head untied" in body and "`Qwen3ForCausalLM`" in body
     assert f"Parameters: {hf_model(out).num_parameters():,}" in body  # the export's count
+    decoupled = export(random_qwen3(tied=False, head_size=16), tokeniser_file, tmp_path / "d")
+    assert "2 layers, 4 heads of 16, 2 key/value heads" in (decoupled / "README.md").read_text()
 
 
 def test_card_gives_run_facts_and_hellaswag_when_measured() -> None:
@@ -200,10 +213,9 @@ def test_run_export_card_has_hellaswag_and_commands(tiny_run_config, tmp_path: P
         {"attention_bias": True},
         {"use_sliding_window": True, "sliding_window": 16},
         {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
-        {"head_dim": 16},
         {"hidden_act": "gelu"},
     ],
-    ids=["bias", "sliding", "rope-scaling", "head-dim", "activation"],
+    ids=["bias", "sliding", "rope-scaling", "activation"],
 )
 def test_unsupported_variant_is_refused(change: dict, tokeniser_file: Path, tmp_path: Path) -> None:
     out = export(random_qwen3(tied=False), tokeniser_file, tmp_path)
@@ -214,6 +226,33 @@ def test_unsupported_variant_is_refused(change: dict, tokeniser_file: Path, tmp_
     with pytest.raises(UnsupportedModelError, match="unsupported Qwen3 variant") as e:
         load_model(str(variant), torch.device("cpu"))
     assert str(variant / "config.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_checkpoint_made_by_transformers_imports(tmp_path: Path) -> None:
+    """A Qwen3ForCausalLM that transformers built and saved itself, shaped like the released
+    models (heads of 128 decoupled from a width of 64, grouped key/value heads, a tied head,
+    rope base 1e6, no head_dim default to lean on), loads into ours with the same logits."""
+    torch.manual_seed(0)
+    hf_config = transformers.Qwen3Config(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=128, max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6}, tie_word_embeddings=True,
+    )  # fmt: skip
+    hf = transformers.Qwen3ForCausalLM(hf_config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():  # norm gains off one, as in random_qwen3
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = from_pretrained(tmp_path / "hf")
+    assert isinstance(ours, Qwen3) and ours.config.head_dim == 128 and ours.config.tied
+    idx = torch.randint(0, 300, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mine, _ = ours(idx)
+        theirs = hf(idx).logits
+    # the same float32 bound as ATOL, attention summing over hs 128 instead of 8: still far
+    # below the 1e-2 a wrong head layout gives
+    torch.testing.assert_close(theirs, mine, rtol=0, atol=ATOL)
 
 
 def test_lm_eval_hflm_scores_the_export(tokeniser_file: Path, tmp_path: Path) -> None:

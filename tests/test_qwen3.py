@@ -48,6 +48,19 @@ def test_parameter_count_equals_transformers(preset: str) -> None:
     assert model.num_params() == hf_qwen3_param_count(config)
 
 
+def test_decoupled_heads_count_and_flops() -> None:
+    """Qwen3-0.6B's shape (1024 wide, 28 layers, 16 query heads of 128 over 8 key/value heads,
+    tied): transformers' parameter count, and attention FLOPs over the 2048-wide heads."""
+    config = GPTConfig(arch="qwen3", block_size=4096, vocab_size=151_936, n_layer=28, n_head=16,
+                       n_embd=1024, n_kv_head=8, ffn_size=3072, tie_embeddings=True,
+                       head_size=128)  # fmt: skip
+    with torch.device("meta"):
+        model = build_model(config)
+    assert model.num_params() == hf_qwen3_param_count(config) == 596_049_920
+    T = 4096
+    assert model.flops_per_token(T) == 6 * model.num_params() + 12 * 28 * (16 * 128) * T
+
+
 def test_modern_has_gpt2_small_blocks() -> None:
     """Same width, depth and block parameters as GPT-2 124M (SwiGLU at 8/3 x 768 = 2048 wide:
     3 x 768 x 2048 = 2 x 768 x 3072), so the same compute per token; the untied head adds
@@ -163,6 +176,8 @@ def test_bf16_autocast_step_keeps_float32_weights() -> None:
         ({"ffn_size": 100}, "only for arch qwen3"),
         ({"arch": "llama"}, "arch must be one of"),
         ({"arch": "qwen3", "n_head": 4, "n_kv_head": 3, "n_embd": 32}, "multiple of n_kv_head"),
+        ({"n_head": 4, "n_embd": 32, "head_size": 16}, "only for arch qwen3"),
+        ({"arch": "qwen3", "n_head": 4, "n_embd": 32, "head_size": 7}, "must be even"),
     ],
 )
 def test_config_refuses_fields_outside_the_family(fields: dict, message: str) -> None:

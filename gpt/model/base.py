@@ -232,7 +232,8 @@ class LanguageModel(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6N (forward + backward matmuls) plus attention 12*L*C*T.
+        """Training FLOPs per token: 6N (forward + backward matmuls) plus attention 12*L*A*T,
+        A = n_head * head_dim the attention width (C unless the heads are decoupled from it).
 
         N counts every weight a matmul reads: not the lookup tables (a lookup costs no FLOPs),
         but a tied embedding, whose lm_head matmul is real compute. Used to report MFU.
@@ -240,4 +241,4 @@ class LanguageModel(nn.Module):
         cfg = self.config
         T = seq_len if seq_len is not None else cfg.block_size
         n = self.num_params() - sum(w.numel() for w in self.lookup_tables)
-        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
