@@ -64,6 +64,13 @@ def tiny_hf_gpt2_dir(gpt2_bpe_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
+def tiny_run_args(data: Path, out: str | Path) -> list[str]:
+    """train.py's arguments for the tiny preset on a `tiny_train_data` dataset, writing to out;
+    each test adds its own settings after them."""
+    return ["--preset=tiny", f"--data={data}", f"--tokeniser={data / 'tokeniser.tkn'}",
+            f"--out={out}"]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small prepared dataset for training tests, from the embedded python-docs corpus (always

@@ -25,6 +25,7 @@ from gpt.train import rundir
 from gpt.train import state as train_state
 from gpt.train.loop import train
 from gpt.train.recipe import configure_optimizer
+from tests.conftest import tiny_run_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,10 +199,7 @@ def train_command(data: Path, out: str | Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         str(ROOT / "train.py"),
-        "--preset=tiny",
-        f"--data={data}",
-        f"--tokeniser={data / 'tokeniser.tkn'}",
-        f"--out={out}",
+        *tiny_run_args(data, out),
         "--max-steps=100",
         "--max-lr=3e-3",
         "--warmup-steps=7",

@@ -17,6 +17,7 @@ from gpt import distributed
 from gpt.config import TrainConfig, train_preset
 from gpt.train import rundir
 from gpt.train.loop import train
+from tests.conftest import tiny_run_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,10 +65,7 @@ def torchrun(
         "--standalone",
         "--nproc_per_node=2",
         str(ROOT / "train.py"),
-        "--preset=tiny",
-        f"--data={data}",
-        f"--tokeniser={data / 'tokeniser.tkn'}",
-        f"--out={out}",
+        *tiny_run_args(data, out),
         "--no-export",
         "--no-plot",
         *flags({**GLOBAL, **OPTIMIZERS[optimizer][0]}),

@@ -28,6 +28,7 @@ from gpt.model.families import build_model
 from gpt.model.generate import generate
 from gpt.model.qwen3 import Qwen3
 from gpt.train.loop import train
+from tests.test_trainer import write_hellaswag
 
 transformers = pytest.importorskip("transformers")
 
@@ -185,12 +186,7 @@ def test_card_gives_run_facts_and_hellaswag_when_measured() -> None:
 
 
 def test_run_export_card_has_hellaswag_and_commands(tiny_run_config, tmp_path: Path) -> None:
-    items = [
-        {"ctx": f"Item {i} is", "endings": ["a.", "b.", "c.", "d."], "label": i % 4}
-        for i in range(4)
-    ]
-    hella = tmp_path / "hellaswag.jsonl"
-    hella.write_text("".join(json.dumps(x) + "\n" for x in items))
+    hella = write_hellaswag(tmp_path / "hellaswag.jsonl", 4)
     cfg = tiny_run_config(
         model="modern-tiny", max_steps=5, samples=0, hellaswag=str(hella), export=True
     )

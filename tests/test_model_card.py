@@ -20,6 +20,7 @@ from gpt.finish import finish_run
 from gpt.hf_card import NOT_REPRODUCED, hub_dataset
 from gpt.model.gpt2 import GPT
 from gpt.train.loop import train
+from tests.test_trainer import write_hellaswag
 from train import build_parser, resolve_config
 
 yaml = pytest.importorskip("yaml")
@@ -48,12 +49,7 @@ def export_cmd(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess
 
 
 def test_run_export_card_has_the_runs_facts(tiny_run_config, tmp_path: Path) -> None:
-    items = [
-        {"ctx": f"Item {i} is", "endings": ["a.", "b.", "c.", "d."], "label": i % 4}
-        for i in range(4)
-    ]
-    hella = tmp_path / "hellaswag.jsonl"
-    hella.write_text("".join(json.dumps(x) + "\n" for x in items))
+    hella = write_hellaswag(tmp_path / "hellaswag.jsonl", 4)
     cfg = tiny_run_config(max_steps=6, samples=0, hellaswag=str(hella), export=True)
     result = finish_run(train(cfg), cfg, say=lambda _: None)
     run = Path(cfg.out)

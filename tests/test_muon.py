@@ -24,6 +24,7 @@ from gpt.train import state as train_state
 from gpt.train.loop import train
 from gpt.train.optimizers import MuonAdamW, classify_parameters
 from gpt.train.recipe import configure_optimizer, lr_at, set_lr
+from tests.conftest import tiny_run_args
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -36,10 +37,7 @@ def train_command(data: Path, out: str | Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         str(ROOT / "train.py"),
-        "--preset=tiny",
-        f"--data={data}",
-        f"--tokeniser={data / 'tokeniser.tkn'}",
-        f"--out={out}",
+        *tiny_run_args(data, out),
         "--no-export",
         "--no-plot",
         *MUON,
