@@ -4,7 +4,8 @@
     python fineweb.py --source python-docs     # offline: the docs inside Python
     python fineweb.py --source texts/ --tokeniser gpt.tkn --shard-size 10M --out cache/mine
 
-Interrupted, the same command resumes where it stopped. See gpt/data/prepare.py for the details and
+Interrupted, the same command resumes where it stopped; while it runs, a second one on the same
+--out is refused (a lock, gpt/lock.py). See gpt/data/prepare.py for the details and
 gpt/data/shards.py for the output format. The full sample-10BT gives 100 shards of 100M GPT-2 tokens
 (the first is the val split), as the seed did.
 """

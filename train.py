@@ -22,12 +22,11 @@ from typing import Any
 
 from gpt import distributed
 from gpt.cli import ArgumentParser, UserError, add_dataclass_args, explicit_values, run
-from gpt.config import TRAIN_PRESETS, TrainConfig, resumed_config, train_preset
+from gpt.config import TRAIN_PRESETS, TrainConfig, train_preset
 from gpt.demo import run_demo
 from gpt.finish import finish_run
 from gpt.train.loop import NonFiniteLossError, TrainResult, train
-from gpt.train.rundir import find_checkpoint
-from gpt.train.state import saved_train_config
+from gpt.train.rundir import RunPlan, claimed, plan_resume
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,12 +78,13 @@ def read_toml(path: str) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in table.items()}
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[str, TrainConfig, list[str]]:
-    """(preset name, the run's TrainConfig, announcements of changed settings).
+def resolve_config(args: argparse.Namespace) -> tuple[str, TrainConfig, RunPlan]:
+    """(preset name, the run's TrainConfig, the run's plan: gpt/train/rundir.py).
 
     A new run: the preset < the config file < explicit flags. A resumed run (--resume): the
-    settings its checkpoint was saved with < the config file < explicit flags; the preset only
-    supplies the default --out, and every stated change is announced (see resumed_config).
+    settings its checkpoint was saved with < the config file < explicit flags, in the
+    checkpoint's run directory; the preset only supplies the default --out, and every stated
+    change is announced (see rundir.plan_resume).
     """
     from_file = read_toml(args.config) if args.config else {}
     preset = args.preset or from_file.pop("preset", None) or "gpt2"
@@ -99,12 +99,12 @@ def resolve_config(args: argparse.Namespace) -> tuple[str, TrainConfig, list[str
     flags = explicit_values(args, TrainConfig)
     stated = {**from_file, **flags}
     if stated.get("resume") is None:
-        return preset, train_preset(preset, **stated), []
-    out = stated.get("out", TRAIN_PRESETS[preset].get("out", TrainConfig.out))
-    checkpoint = find_checkpoint(out, stated["resume"])
+        cfg = train_preset(preset, **stated)
+        return preset, cfg, RunPlan(cfg)
+    default_out = TRAIN_PRESETS[preset].get("out", TrainConfig.out)
     origins = {k: "command line" if k in flags else f"config file {args.config}" for k in stated}
-    cfg, changes = resumed_config(saved_train_config(checkpoint), stated, origins, str(checkpoint))
-    return preset, cfg, changes
+    plan = plan_resume(stated, origins, default_out)
+    return preset, plan.cfg, plan
 
 
 def report(result: TrainResult) -> None:
@@ -118,15 +118,16 @@ def report(result: TrainResult) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(bare_resume(sys.argv[1:] if argv is None else argv))
-    preset, cfg, changes = resolve_config(args)
+    preset, cfg, plan = resolve_config(args)
     env = distributed.setup(cfg.device)
-    for line in changes:
+    for line in plan.changes:
         distributed.print0(line)
     try:
         if preset in ("demo", "modern-demo"):
-            run_demo(cfg, env=env)
-        else:
-            report(finish_run(train(cfg, env), cfg))
+            run_demo(cfg, env=env, plan=plan)
+        else:  # the run directory held from the first step to the export's last file
+            with claimed(lambda: plan) as held:
+                report(finish_run(train(cfg, env, held), cfg))
     except NonFiniteLossError as e:  # every rank sees the same all-reduced loss: all stop here
         print(f"error: {e}", file=sys.stderr)
         distributed.cleanup()

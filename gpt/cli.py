@@ -2,7 +2,7 @@
 
 Every command is one options dataclass whose fields, with their docstrings as help, become the
 flags (`add_dataclass_args`, `parse_options`); `--help` lists each with its default. Bad input
-exits with code 2 and one line on stderr (no traceback):
+exits with code 2 and one line on stderr (no traceback), a full disk with code 1 and one line:
 
     >>> def main(argv=None): raise UserError("no such file: x.bin")
     >>> run(main)  # prints "error: no such file: x.bin", exits 2  # doctest: +SKIP
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import inspect
 import re
 import sys
@@ -25,12 +26,22 @@ from typing import Any, NoReturn, TypeVar
 Options = TypeVar("Options")
 
 COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Characters of a file's content that an error message may quote (see `excerpt`).
+EXCERPT_CHARS = 20
 
 
 class UserError(ValueError):
     """Bad user input (a flag, a config file, data, a checkpoint, a tokeniser, a model folder):
     reported as one line naming the file (and line), exit code 2. Every other exception is a bug
     and keeps its traceback. A ValueError, so that library callers may catch either."""
+
+
+class DiskFullError(Exception):
+    """The disk filled up while a file was written (gpt/fsio.py's writers raise it, naming the
+    file and the space left; the old content of the file stays): one line, exit code 1, as it
+    is neither the user's input nor a bug. Not an OSError, so that no caller mistakes it for a
+    missing or unreadable file."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,20 +52,43 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(message)
 
 
-def fail(message: str) -> NoReturn:
-    """Print `error: message` on stderr and exit with code 2."""
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """How an error message quotes a value read from a file: at most `limit` characters,
+    escaped as repr escapes them (no newline, terminal control code or other invisible character
+    gets through), "..." where cut. A file may hold anything, a secret that a crafted path led us
+    to included: a message shows enough to recognise the value, never the whole of it.
+
+    >>> print(excerpt("HF_TOKEN=hf_0123456789abcdef\\n"), excerpt("a\\x1b[2J"), excerpt(2.5))
+    'HF_TOKEN=hf_01234567'... 'a\\x1b[2J' 2.5
+    """
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    text = repr(value)
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` on stderr and exit with `code` (2: the user's input)."""
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def run(
     main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
 ) -> NoReturn:
-    """Call `main(argv)`; user errors become one line on stderr and exit code 2."""
+    """Call `main(argv)`; user errors become one line on stderr and exit code 2; a full disk
+    (DiskFullError, or ENOSPC from a write outside gpt/fsio.py) one line and exit code 1."""
     try:
         code = main(argv)
     except UserError as e:
         fail(str(e) or type(e).__name__)
+    except DiskFullError as e:
+        fail(str(e), code=1)
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        what = f"{e.filename}: not written" if e.filename else "a write failed"
+        fail(f"{what}, the disk is full ({e.strerror})", code=1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

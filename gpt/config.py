@@ -10,15 +10,115 @@ under the field); command-line flags are generated from them. Presets are a name
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt.cli import UserError
+from gpt.cli import UserError, excerpt, option
 
 ARCHITECTURES = ("gpt2", "qwen3")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: an interval whose ends may be open, closed or
+    absent, and the words it takes instead of a number (batch_size's "auto"). NaN and the
+    infinities are never in a range.
+
+    >>> [str(r) for r in (Range(0, 1, high_open=True), Range(low=1), Range(0, low_open=True))]
+    ['in [0, 1)', '>= 1', '> 0']
+    >>> 1.0 in Range(0, 1, high_open=True), float("nan") in Range(low=0)
+    (False, False)
+    >>> str(Range(low=1, words=("auto",))), "auto" in Range(low=1, words=("auto",))
+    ('>= 1 or auto', True)
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    words: tuple[str, ...] = ()
+    """Values other than numbers that the setting accepts."""
+
+    def __contains__(self, value: float | str) -> bool:
+        if isinstance(value, str):
+            return value in self.words
+        if not _finite(value):
+            return False
+        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below = (
+            self.high is None or value < self.high or (value == self.high and not self.high_open)
+        )
+        return above and below
+
+    def __str__(self) -> str:
+        return " or ".join((self._interval(), *self.words))
+
+    def _interval(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low}, {self.high}{right}"
+
+
+AT_LEAST_1 = Range(low=1)
+NON_NEGATIVE = Range(low=0)
+POSITIVE = Range(low=0, low_open=True)
+UNIT_INTERVAL = Range(0, 1)
+BELOW_1 = Range(0, 1, high_open=True)  # a decay or momentum coefficient
+SEED = Range(0, 2**64 - 1)  # what torch.manual_seed takes and numpy's generators accept
+
+
+def check_ranges(obj: Any, ranges: Mapping[str, Range], name: Callable[[str], str]) -> None:
+    """Refuse the first field of `obj` (in the table's order) whose value, when not None, lies
+    outside its range: a UserError naming it as `name(field)`, e.g. `--beta2 must be in [0, 1),
+    got 1.5`."""
+    for field_name, allowed in ranges.items():
+        value = getattr(obj, field_name)
+        if value is not None and value not in allowed:
+            if isinstance(value, str):  # a word the range does not take (from a config file)
+                raise UserError(f"{name(field_name)} must be {allowed}, got {excerpt(value)}")
+            finite = "" if _finite(value) else "a finite number "
+            raise UserError(f"{name(field_name)} must be {finite}{allowed}, got {value}")
+
+
+def _finite(value: float) -> bool:
+    """Whether a number is finite (an int always is, however large: math.isfinite would
+    convert it to a float and overflow)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a dataclass field (gpt/cli.py's spelling): max_lr -> --max-lr."""
+    return "--" + field_name.replace("_", "-")
+
+
+AUTO_BATCH = "auto"
+"""The batch_size that asks for the largest micro-batch the device's memory holds."""
+
+
+def batch_size_arg(text: str) -> int | str:
+    """--batch-size's value: a whole number of sequences (its range is checked with the other
+    settings'), or auto.
+
+    >>> batch_size_arg("16"), batch_size_arg("auto")
+    (16, 'auto')
+    """
+    if text == AUTO_BATCH:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a batch size: {excerpt(text)} (a number of sequences, or {AUTO_BATCH})"
+        ) from None
 
 
 @dataclass
@@ -64,19 +164,10 @@ class GPTConfig:
             raise UserError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         if self.arch == "gpt2":
             self._refuse_qwen3_fields()
-        for name in (
-            "block_size",
-            "vocab_size",
-            "n_layer",
-            "n_head",
-            "n_embd",
-            "pad_vocab_multiple",
-        ):
-            if getattr(self, name) < 1:
-                raise UserError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, MODEL_RANGES, lambda name: f"GPTConfig.{name}")
         if self.head_size is None and self.n_embd % self.n_head:
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.head_size is not None and (self.head_size < 2 or self.head_size % 2):
+        if self.head_size is not None and self.head_size % 2:
             raise UserError(
                 f"GPTConfig.head_size must be even (rotary pairs), got {self.head_size}"
             )
@@ -84,12 +175,6 @@ class GPTConfig:
             raise UserError(
                 f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})"
             )
-        for name in ("n_kv_head", "ffn_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"GPTConfig.{name} must be >= 1, got {value}")
-        if self.rope_theta <= 0:
-            raise UserError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta}")
 
     def _refuse_qwen3_fields(self) -> None:
         """GPT-2's shape is OpenAI's: its MLP, heads, positions and tied head are not options."""
@@ -140,12 +225,29 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
-        """Build from a dict, refusing unknown keys (a typo must not pass silently)."""
+        """Build from a dict, refusing unknown keys (a typo must not pass silently) and values
+        of another type (a checkpoint's config.json is not trusted)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown GPTConfig keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**checked_types(cls, d))
+
+
+# The range of each numeric GPTConfig field, checked in field order when a shape is built.
+MODEL_RANGES: dict[str, Range] = {
+    "block_size": AT_LEAST_1,
+    "vocab_size": AT_LEAST_1,
+    "n_layer": AT_LEAST_1,
+    "n_head": AT_LEAST_1,
+    "n_embd": AT_LEAST_1,
+    "pad_vocab_multiple": AT_LEAST_1,
+    "layer_norm_eps": POSITIVE,
+    "n_kv_head": AT_LEAST_1,
+    "ffn_size": AT_LEAST_1,
+    "rope_theta": POSITIVE,
+    "head_size": Range(low=2),  # and even: rotary embeddings turn pairs
+}
 
 
 def _modern(**shape: int) -> GPTConfig:
@@ -206,7 +308,8 @@ class TrainConfig:
     device: str = "auto"
     """cuda, mps, cpu, or auto (CUDA, else MPS, else CPU)."""
     dtype: str = "auto"
-    """Autocast dtype: auto (bfloat16 on CUDA, float32 elsewhere), bfloat16 or float32."""
+    """Autocast dtype: auto (bfloat16 on GPUs that multiply it natively, float32 elsewhere),
+    bfloat16 or float32."""
     compile: bool | None = None
     """torch.compile the training step (default: on for CUDA, off elsewhere)."""
     fsdp: bool = False
@@ -215,8 +318,10 @@ class TrainConfig:
     """Deterministic kernels only (torch.use_deterministic_algorithms, no cuDNN attention): on
     a GPU two runs, or a run and its resume, then give bit-identical losses. CPU runs are
     deterministic without it."""
-    batch_size: int = 64
-    """Micro-batch size per device (sequences)."""
+    batch_size: int | str = option(64, parse=batch_size_arg)
+    """Micro-batch size per device (sequences), or auto: the largest that fits the device's
+    memory, found when a new run starts, the accumulation keeping total_batch_size
+    (gpt/train/batch.py); the choice is saved with the run."""
     seq_len: int = 1024
     """Sequence length of a training row (tokens); at most the model's block_size."""
     total_batch_size: int = 524288
@@ -303,15 +408,9 @@ class TrainConfig:
     """Weights & Biases project name."""
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "seq_len", "total_batch_size", "epochs", "eval_every")
-        for name in positive + ("log_every", "pad_vocab_multiple", "keep"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "save_every", "samples", "sample_tokens", "sample_top_k"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"max_steps must be >= 1, got {self.max_steps}")
+        """Refuse a setting out of its range (TRAIN_RANGES) or choices, whichever way it came
+        (a flag, a config file, a checkpoint's saved settings), before anything is written."""
+        check_ranges(self, TRAIN_RANGES, flag_name)
         if self.model not in MODEL_PRESETS:
             raise UserError(
                 f"unknown model preset {self.model!r}; choose from {', '.join(MODEL_PRESETS)}"
@@ -320,24 +419,11 @@ class TrainConfig:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cuda", "mps", "cpu"):
             raise UserError(f"device must be auto, cuda, mps or cpu, got {self.device!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.max_lr <= 0:
-            raise UserError(f"max_lr must be > 0, got {self.max_lr}")
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise UserError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
-        if not 0.0 < self.decay_frac <= 1.0:
-            raise UserError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
-        for name in ("muon_lr", "embed_lr", "head_lr"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise UserError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
-        if self.muon_weight_decay < 0:
-            raise UserError(f"muon_weight_decay must be >= 0, got {self.muon_weight_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -351,6 +437,44 @@ class TrainConfig:
         if unknown:
             raise UserError(f"unknown TrainConfig keys: {', '.join(unknown)}")
         return cls(**checked_types(cls, d))
+
+
+# The range of each numeric TrainConfig setting (every int and float field), in field order.
+TRAIN_RANGES: dict[str, Range] = {
+    "pad_vocab_multiple": AT_LEAST_1,
+    "batch_size": Range(low=1, words=(AUTO_BATCH,)),
+    "seq_len": AT_LEAST_1,
+    "total_batch_size": AT_LEAST_1,
+    "max_lr": POSITIVE,
+    "min_lr_ratio": UNIT_INTERVAL,
+    "warmup_steps": NON_NEGATIVE,
+    "max_steps": AT_LEAST_1,
+    "epochs": AT_LEAST_1,
+    "weight_decay": NON_NEGATIVE,
+    "beta1": BELOW_1,
+    "beta2": BELOW_1,
+    "eps": POSITIVE,  # 0 would divide 0 by 0 for a parameter whose gradients are all zero
+    "decay_frac": Range(0, 1, low_open=True),
+    "muon_lr": POSITIVE,
+    "muon_momentum": BELOW_1,
+    "muon_weight_decay": NON_NEGATIVE,
+    "embed_lr": POSITIVE,
+    "head_lr": POSITIVE,
+    "grad_clip": NON_NEGATIVE,
+    "seed": SEED,
+    "eval_every": AT_LEAST_1,
+    "val_tokens": AT_LEAST_1,
+    "hellaswag_limit": AT_LEAST_1,
+    "samples": NON_NEGATIVE,
+    "sample_tokens": NON_NEGATIVE,
+    "sample_temperature": NON_NEGATIVE,  # 0: greedy
+    "sample_top_k": NON_NEGATIVE,
+    "sample_seed": SEED,
+    "save_every": NON_NEGATIVE,
+    "keep": AT_LEAST_1,
+    "log_every": AT_LEAST_1,
+    "peak_flops": POSITIVE,
+}
 
 
 def checked_types(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +491,7 @@ def checked_types(cls: type, d: dict[str, Any]) -> dict[str, Any]:
         else:
             kinds = tuple(t for t in allowed if t is not type(None))
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise UserError(f"{key}: expected {_type_name(allowed)}, got {value!r}")
+                raise UserError(f"{key}: expected {_type_name(allowed)}, got {excerpt(value)}")
             out[key] = value
     return out
 

@@ -14,6 +14,11 @@ On a fresh machine with no network it
    samples at each evaluation, then writes RUN/plots, RUN/export (Hugging Face) and RUN/demo.json
    (its baseline, written before training so that the plots draw it, then its result).
 Target: under 6 minutes end to end on 2 CPU cores.
+
+A new demo replaces the previous demo run in its --out, and nothing else: a folder is a demo run
+when its demo.json carries the demo's "format" mark; any other folder that is not empty is
+refused, untouched. Rank 0 alone prepares and writes (the other ranks of a torchrun wait for it),
+holding the run directory's lock (gpt/lock.py) from before the replacement to the last write.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from gpt import distributed, lock
+from gpt.cli import UserError
 from gpt.config import TrainConfig
 from gpt.data.prepare import prepare_dataset
 from gpt.data.shards import DataError, load_shard, read_manifest, split_shards, split_tokens
@@ -35,15 +42,17 @@ from gpt.data.sources import iter_documents
 from gpt.data.tokeniser import GPTTokeniser, Tokeniser, get_tokeniser
 from gpt.distributed import DistEnv, print0
 from gpt.finish import finish_run
-from gpt.fsio import write_json_atomic
+from gpt.fsio import read_json_object, write_json_atomic
+from gpt.plot import DEMO_SUMMARY
 from gpt.train.loop import TrainResult, train
-from gpt.train.rundir import list_checkpoints
+from gpt.train.rundir import RunPlan
 
 DEMO_SOURCE = "python-docs"
 DEMO_VOCAB = 4096
 DEMO_VAL_FRACTION = 0.1  # of the corpus's tokens, in whole documents
 DEMO_SHUFFLE_SEED = 0
 TARGET_MARGIN = 1.0  # nats/token below the unigram entropy that the model must reach
+DEMO_FORMAT = "gpt-alpha-demo"  # demo.json's "format": the mark of a run the demo may replace
 
 Say = Callable[[str], None]
 
@@ -138,9 +147,78 @@ def run_demo(
     max_docs: int | None = None,
     env: DistEnv | None = None,
     say: Say = print0,
+    plan: RunPlan | None = None,
 ) -> DemoResult:
-    """Tokeniser, data, baseline, training, samples, plots and export (see the module doc)."""
+    """Tokeniser, data, baseline, training, samples, plots and export (see the module doc);
+    `plan`: train.py's plan of the run (else planned from `cfg`)."""
     start = time.perf_counter()
+    env = env or distributed.setup(cfg.device)
+    run_dir = Path(cfg.out)
+    distributed.decide_on_rank0(lambda: take_run_directory(cfg, say))
+    try:
+        entropy = distributed.decide_on_rank0(lambda: prepare(cfg, vocab_size, max_docs, say))
+        say(
+            f"baseline: unigram entropy of the val split {entropy:.4f} nats/token; "
+            f"target: val loss below {entropy - TARGET_MARGIN:.4f}"
+        )
+        if distributed.is_main():  # the baseline first: the plots draw it
+            write_summary(run_dir, {"unigram_entropy": entropy})
+        trained = finish_run(train(cfg, env, plan), cfg, say)
+        result = DemoResult(entropy, trained, time.perf_counter() - start)
+        summarise(result, run_dir, say)
+        return result
+    finally:
+        if distributed.is_main():
+            lock.release(run_dir)
+
+
+def take_run_directory(cfg: TrainConfig, say: Say) -> None:
+    """Rank 0: lock the run directory for the demo's life and, for a new run, empty a previous
+    demo run out of it; a folder that holds anything else is refused (UserError), untouched."""
+    run_dir = Path(cfg.out)
+    lock.acquire(run_dir)
+    try:
+        if cfg.resume is None:
+            replace_previous_demo(run_dir, say)
+    except BaseException:
+        lock.release(run_dir)
+        raise
+
+
+def replace_previous_demo(run_dir: Path, say: Say) -> None:
+    """Remove what a previous demo run left in `run_dir` (its lock file stays: it is held)."""
+    entries = sorted(p for p in run_dir.iterdir() if p.name != lock.LOCK_FILE)
+    if not entries:
+        return
+    if not is_demo_run(run_dir):
+        raise UserError(
+            f"{run_dir}: not empty and not a demo run (no {DEMO_SUMMARY} of the demo), so the "
+            "demo leaves it alone; choose another --out"
+        )
+    say(f"{run_dir}: replacing the previous demo run")
+    for path in entries:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def is_demo_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a demo run: its demo.json carries the demo's mark."""
+    try:
+        return read_json_object(run_dir / DEMO_SUMMARY).get("format") == DEMO_FORMAT
+    except UserError:  # absent, unreadable or not a JSON object
+        return False
+
+
+def write_summary(run_dir: Path, fields: dict[str, Any]) -> None:
+    """RUN/demo.json: `fields`, with the demo's mark."""
+    write_json_atomic(run_dir / DEMO_SUMMARY, {"format": DEMO_FORMAT, **fields})
+
+
+def prepare(cfg: TrainConfig, vocab_size: int, max_docs: int | None, say: Say) -> float:
+    """Rank 0: the tokeniser and the data, made unless they are there; returns the unigram
+    entropy of the val split."""
     data_dir = Path(cfg.data)
     documents: list[str] = []
     if (cfg.tokeniser != "gpt2" and not Path(cfg.tokeniser).is_file()) or not _complete(data_dir):
@@ -150,20 +228,7 @@ def run_demo(
     else:
         tok = ensure_tokeniser(Path(cfg.tokeniser), vocab_size, documents, say)
     ensure_data(data_dir, tok, documents, say)
-    entropy = unigram_entropy(data_dir)
-    say(
-        f"baseline: unigram entropy of the val split {entropy:.4f} nats/token; "
-        f"target: val loss below {entropy - TARGET_MARGIN:.4f}"
-    )
-    if cfg.resume is None and list_checkpoints(cfg.out):
-        say(f"{cfg.out}: replacing the previous demo run")
-        shutil.rmtree(cfg.out)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)  # the baseline first: the plots draw it
-    write_json_atomic(Path(cfg.out) / "demo.json", {"unigram_entropy": entropy})
-    trained = finish_run(train(cfg, env), cfg, say)
-    result = DemoResult(entropy, trained, time.perf_counter() - start)
-    summarise(result, Path(cfg.out), say)
-    return result
+    return unigram_entropy(data_dir)
 
 
 def _complete(data_dir: Path) -> bool:
@@ -189,9 +254,9 @@ def summarise(result: DemoResult, run_dir: Path, say: Say) -> None:
     say(
         f"demo finished in {result.seconds:.0f}s; try: python inference.py --model {run_dir}/export"
     )
-    if run_dir.is_dir():
-        write_json_atomic(
-            run_dir / "demo.json",
+    if distributed.is_main():
+        write_summary(
+            run_dir,
             {
                 "unigram_entropy": result.unigram_entropy,
                 "final_val_loss": val,

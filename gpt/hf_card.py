@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from gpt.data.shards import DataError, read_manifest
 from gpt.data.sources import DEFAULT_NAME, FINEWEB_EDU
 from gpt.data.tokeniser import Tokeniser
 from gpt.fsio import write_text_atomic
+from gpt.hf_hub import HUB_FILES
 from gpt.model.base import LanguageModel
 from gpt.runlog import read_events, run_log
 
@@ -348,16 +351,37 @@ def write_model_card(
     return path
 
 
-def push_to_hub(out_dir: Path, repo_id: str) -> str:
-    """Upload `out_dir` to the hub model repository `repo_id` (created if needed); its URL.
+def push_to_hub(out_dir: Path, repo_id: str, files: Sequence[str], private: bool = False) -> str:
+    """Upload `files` of `out_dir` (an allow-list: the files the export wrote, nothing else in
+    the folder) to the hub model repository `repo_id` in one commit; its URL. The repository is
+    created if needed, private when asked (an existing public one is refused, not changed).
+    The commit also deletes the repository's files that a loader reads (gpt/hf_hub.py's
+    HUB_FILES) and this export did not write: an earlier push's tokeniser.tkn would win.
     No network, no token or a refusal by the hub is a UserError naming the repository."""
     import httpx2
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     api = HfApi()
     try:
-        api.create_repo(repo_id, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id)
+        # None, not False: without --private the hub's default (an organisation's) decides
+        api.create_repo(repo_id, exist_ok=True, private=True if private else None)
+        if private and not api.repo_info(repo_id).private:
+            raise UserError(
+                f"{repo_id} exists and is public: --private does not change an existing "
+                "repository; make it private on the hub first, or push without --private"
+            )
+        stale = [
+            f
+            for f in api.list_repo_files(repo_id)
+            if f not in files and any(fnmatch(f, pattern) for pattern in HUB_FILES)
+        ]
+        operations = [
+            *(CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(out_dir / f)) for f in files),
+            *(CommitOperationDelete(path_in_repo=f) for f in stale),
+        ]
+        commit = api.create_commit(
+            repo_id, operations, commit_message=f"Upload {out_dir.name} (gpt-alpha export)"
+        )
     except (OSError, httpx2.HTTPError) as e:  # offline mode, connection, token, HTTP errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot push to the hub repository {repo_id}: {first}") from None

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from gpt.cli import excerpt
 from gpt.config import GPTConfig
 from gpt.hf_hub import UnsupportedModelError
 from gpt.model.base import LanguageModel
@@ -41,16 +42,18 @@ def config_from_hf(hf: dict[str, Any], where: str) -> GPTConfig:
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        detail = ", ".join(f"{k}={hf.get(k)!r}" for k in bad)
+        detail = ", ".join(f"{k}={excerpt(hf.get(k))}" for k in bad)
         raise UnsupportedModelError(f"{where}: unsupported GPT-2 variant ({detail})")
     try:
-        return GPTConfig(
-            block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-            vocab_size=hf.get("vocab_size", 50257),
-            n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12),
-            n_embd=n_embd,
-            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        return GPTConfig.from_dict(  # each value's type checked: config.json is not trusted
+            dict(
+                block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                vocab_size=hf.get("vocab_size", 50257),
+                n_layer=hf.get("n_layer", 12),
+                n_head=hf.get("n_head", 12),
+                n_embd=n_embd,
+                layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            )
         )
     except (TypeError, ValueError) as e:
         raise UnsupportedModelError(f"{where}: invalid GPT-2 config ({e})") from None

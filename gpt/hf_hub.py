@@ -4,9 +4,10 @@ errors of loading a Hugging Face model.
     python inference.py --model gpt2       (a hub name; gpt.hf.from_pretrained converts it)
 
 A hub name is one of GPT-2's four (HUB_NAMES, optionally prefixed openai-community/) or any
-`org/name` repository; what it holds is decided by its config.json (gpt/hf.py converts GPT-2 and
-Qwen3 models and refuses others). Offline, the error says how to fetch the files on a connected
-machine and pass the folder.
+`org/name` repository that does not read as a local path (`looks_local`: a mistyped
+`runs/gtp2` is a missing folder, never a download); what it holds is decided by its
+config.json (gpt/hf.py converts GPT-2 and Qwen3 models and refuses others). Offline, the error
+says how to fetch the files on a connected machine and pass the folder.
 """
 
 from __future__ import annotations
@@ -44,8 +45,38 @@ class UnsupportedModelError(UserError):
 
 
 def is_hub_name(name: str) -> bool:
-    """Whether `name` reads as a hub model: GPT-2's names or an `org/name` repository id."""
+    """Whether `name` reads as a hub model: GPT-2's names or an `org/name` repository id that
+    does not read as a local path."""
+    if looks_local(name):
+        return False
     return name.removeprefix(f"{HUB_ORG}/") in HUB_NAMES or REPO_ID.fullmatch(name) is not None
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` reads as a local path, never a hub repository: it starts with ./, ../, /
+    or ~, ends in a separator, or its first part exists here (`runs/gtp2` where runs/ exists
+    is a typo of a run's folder, not the hub's `runs` organisation).
+
+    >>> looks_local("./gpt2"), looks_local("/tmp/x"), looks_local("me/model/"), looks_local("gpt2")
+    (True, True, True, False)
+    """
+    first, separator, _ = name.partition("/")
+    return (
+        name.startswith(("./", "../", "/", "~"))
+        or name.endswith(("/", os.sep))
+        or (bool(separator) and Path(first).exists())
+    )
+
+
+def refuse_local_name(name: str) -> None:
+    """ModelNotFoundError for a `name` that is not a model folder here but reads as a local
+    path (`looks_local`): it names a folder that does not exist, not a hub repository."""
+    if looks_local(name):
+        exists = Path(name).expanduser().exists()
+        what = "not a model directory" if exists else "no such model directory"
+        raise ModelNotFoundError(
+            f"{name}: {what} (a local path, so it is not looked up on the Hugging Face hub)"
+        )
 
 
 def _hub_host() -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from gpt.cli import excerpt
 from gpt.config import GPTConfig
 from gpt.hf_hub import UnsupportedModelError
 from gpt.model.base import LanguageModel
@@ -39,7 +40,9 @@ def rope_theta(hf: dict[str, Any], where: str) -> float:
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind != "default":
-        raise UnsupportedModelError(f"{where}: unsupported Qwen3 variant (rope scaling {kind!r})")
+        raise UnsupportedModelError(
+            f"{where}: unsupported Qwen3 variant (rope scaling {excerpt(kind)})"
+        )
     return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
@@ -56,24 +59,26 @@ def config_from_hf(hf: dict[str, Any], where: str) -> GPTConfig:
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        detail = ", ".join(f"{k}={hf.get(k)!r}" for k in bad)
+        detail = ", ".join(f"{k}={excerpt(hf.get(k))}" for k in bad)
         raise UnsupportedModelError(f"{where}: unsupported Qwen3 variant ({detail})")
     theta = rope_theta(hf, where)
     head_dim = hf.get("head_dim") or 128  # Qwen3Config's default
     try:
-        return GPTConfig(
-            arch="qwen3",
-            block_size=hf.get("max_position_embeddings", 32768),
-            vocab_size=hf.get("vocab_size", 151936),
-            n_layer=hf.get("num_hidden_layers", 32),
-            n_head=heads,
-            n_embd=width,
-            layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            n_kv_head=hf.get("num_key_value_heads") or heads,
-            ffn_size=hf.get("intermediate_size", 22016),
-            rope_theta=theta,
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            head_size=None if head_dim * heads == width else head_dim,
+        return GPTConfig.from_dict(  # each value's type checked: config.json is not trusted
+            dict(
+                arch="qwen3",
+                block_size=hf.get("max_position_embeddings", 32768),
+                vocab_size=hf.get("vocab_size", 151936),
+                n_layer=hf.get("num_hidden_layers", 32),
+                n_head=heads,
+                n_embd=width,
+                layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                n_kv_head=hf.get("num_key_value_heads") or heads,
+                ffn_size=hf.get("intermediate_size", 22016),
+                rope_theta=theta,
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                head_size=None if head_dim * heads == width else head_dim,
+            )
         )
     except (TypeError, ValueError) as e:  # GPTConfig's own refusals are UserErrors already
         raise UnsupportedModelError(f"{where}: invalid Qwen3 config ({e})") from None

@@ -5,13 +5,14 @@
         --reference ../shared/data/reference/gpt-alpha/train_log_10B.txt
 
 A run is a run directory (its metrics.jsonl, else its log.txt) or a log file, read through
-gpt/train/logs.py, which owns both formats:
+gpt/runlog.py, which owns both formats:
     metrics.jsonl   one JSON object per event: {"step", "tokens", "kind", "value", ...}
     log.txt         the seed's text log, one event per line: `STEP (TOKENS) KIND VALUE`,
                     e.g. `100 (52953088) val 6.6388`
 Kinds: train (loss at every step), val (validation loss), hella or hellaswag (HellaSwag acc_norm),
-ckpt (a checkpoint was saved; value = its val loss), others are ignored. After a resume, events
-of a step that was already logged replace the earlier ones.
+ckpt (a checkpoint was saved; value = its val loss), others are ignored, and so are values that
+are not finite numbers (the NaN that stopped a run). After a resume, events of a step that was
+already logged replace the earlier ones.
 
 loss.png: training loss (faint: raw; solid: moving average) and validation loss (dots) against
 tokens. hellaswag.png: HellaSwag acc_norm against tokens, with chance (0.25). The original
@@ -101,7 +102,8 @@ def _as_float(value: Any) -> float | None:
 
 def build_series(events: Iterable[Event]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Group events by kind; an event at a step already logged for its kind (a resumed run)
-    replaces that step and everything after it. Non-numeric values (samples) are skipped."""
+    replaces that step and everything after it. Values that are not finite numbers (samples'
+    text, a NaN loss) are skipped."""
     by_kind: dict[str, list[tuple[int, int, float]]] = {}
     for step, tokens, kind, value in events:
         kind = KIND_ALIASES.get(kind, kind)
@@ -125,7 +127,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_run(path: Path, name: str | None = None, tokeniser: str | None = None) -> Run:
     """A run directory (metrics.jsonl, else log.txt), a .jsonl file or a text log, read through
-    gpt/train/logs.py, with what its folder's config.json and demo.json record. `tokeniser`:
+    gpt/runlog.py, with what its folder's config.json and demo.json record. `tokeniser`:
     the one to assume when there is no config.json."""
     path = Path(path)
     log = run_log(path)

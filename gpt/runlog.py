@@ -7,6 +7,10 @@ A run directory holds (written by gpt/train/logs.py's RunLogger, on rank 0):
                     names the format, {"kind": "format", "format": "gpt-alpha-metrics",
                     "version": 1}; then one event per line, {"step", "tokens", "kind", "value",
                     ...extras}. Files without the format line (older runs) are version 1.
+                    Strict JSON (RFC 8259, which jq and JavaScript read): a number that is not
+                    finite is written as null and named in the record's "nonfinite" object,
+                    {"value": null, "nonfinite": {"value": "nan"}}; the readers here give it
+                    back as the float. (Older files may hold a bare NaN, which they read too.)
     log.txt         the seed's text log, unversioned and unchanged so that runs and the reference
                     logs compare line for line: `STEP (TOKENS) KIND VALUE` for the numeric kinds
                     train, val, hella and ckpt, e.g. `100 (52953088) val 6.6388`.
@@ -17,11 +21,12 @@ model card's HellaSwag line (gpt/hf_card.py), the trainer's resume truncation an
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gpt.cli import UserError
+from gpt.cli import UserError, excerpt
 
 METRICS_FILE = "metrics.jsonl"
 TEXT_LOG_FILE = "log.txt"
@@ -29,6 +34,8 @@ METRICS_FORMAT = "gpt-alpha-metrics"
 METRICS_VERSION = 1
 FORMAT_KIND = "format"  # the kind of metrics.jsonl's first record, which names the format
 LOG_KINDS = ("train", "val", "hella", "ckpt")  # the seed's text log holds these
+NONFINITE = "nonfinite"  # the field that names a record's fields whose number is not finite
+NONFINITE_NAMES = ("nan", "inf", "-inf")  # str() of those numbers; float() gives them back
 
 Event = tuple[int, int, str, Any]
 """(step, tokens, kind, value): one logged event, from either file."""
@@ -38,6 +45,41 @@ T = TypeVar("T")
 def format_record() -> dict[str, Any]:
     """metrics.jsonl's first record."""
     return {"kind": FORMAT_KIND, "format": METRICS_FORMAT, "version": METRICS_VERSION}
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """One metrics.jsonl line (without its newline): strict JSON, each float that is not finite
+    written as null and named in the record's "nonfinite" object.
+
+    >>> encode_record({"kind": "val", "value": float("nan"), "n": 1})
+    '{"kind": "val", "value": null, "n": 1, "nonfinite": {"value": "nan"}}'
+    """
+    flags = {
+        key: str(value)
+        for key, value in record.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    }
+    if flags:
+        record = {**record, **dict.fromkeys(flags), NONFINITE: flags}
+    return json.dumps(record, allow_nan=False)
+
+
+def decode_record(line: str) -> dict[str, Any]:
+    """A metrics.jsonl line as the record that was logged: the fields named in "nonfinite" get
+    their number back (`encode_record`'s inverse). ValueError for a line that is not one.
+
+    >>> decode_record('{"value": null, "nonfinite": {"value": "-inf"}}')
+    {'value': -inf}
+    """
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    flags = record.pop(NONFINITE, {})
+    if not isinstance(flags, dict) or not all(
+        key in record and name in NONFINITE_NAMES for key, name in flags.items()
+    ):
+        raise ValueError(f"bad {NONFINITE!r} field: {flags!r}")
+    return {**record, **{key: float(name) for key, name in flags.items()}}
 
 
 def run_log(path: Path) -> Path:
@@ -63,11 +105,7 @@ def read_events(path: Path) -> list[Event]:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl file, each with its extras (a train record's lr,
     grad_norm, dt_ms, tok_s, ...), in file order; the format record is checked, not returned."""
-
-    def parse(line: str, where: str) -> dict[str, Any] | None:
-        return json.loads(line) if _parse_metrics_line(line, where) is not None else None
-
-    return _read_lines(path, parse)
+    return _read_lines(path, _parse_record)
 
 
 def _read_lines(path: Path, parse: Callable[[str, str], T | None]) -> list[T]:
@@ -102,17 +140,30 @@ def _parse_text_line(line: str, where: str) -> Event:
     try:
         return parse_log_line(line)
     except ValueError as e:  # parse_log_line's own, or int() of a bad number
-        raise UserError(f"{where}: {e}: {line.strip()[:80]!r}") from None
+        raise UserError(f"{where}: {e}: {excerpt(line.strip())}") from None
 
 
 def _parse_metrics_line(line: str, where: str) -> Event | None:
     """One metrics.jsonl line as an event; None for the format record (checked here)."""
+    record = _parse_record(line, where)
+    return None if record is None else _event(record)
+
+
+def _event(record: dict[str, Any]) -> Event:
+    """An event record's (step, tokens, kind, value); KeyError, TypeError or ValueError when
+    it lacks one or has a step or token count that is not a number."""
+    return int(record["step"]), int(record["tokens"]), str(record["kind"]), record["value"]
+
+
+def _parse_record(line: str, where: str) -> dict[str, Any] | None:
+    """One metrics.jsonl line as its event record (checked to make an event); None for the
+    format record (checked here)."""
     try:
-        record = json.loads(line)
-        kind = str(record["kind"])
-        if kind != FORMAT_KIND:
-            return int(record["step"]), int(record["tokens"]), kind, record["value"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        record = decode_record(line)
+        if record["kind"] != FORMAT_KIND:
+            _event(record)
+            return record
+    except (KeyError, TypeError, ValueError):  # json.JSONDecodeError is a ValueError
         raise UserError(f"{where}: expected a JSON object with step, tokens, kind, value") from None
     _check_format(record, where)
     return None
@@ -121,6 +172,7 @@ def _parse_metrics_line(line: str, where: str) -> Event | None:
 def _check_format(record: dict[str, Any], where: str) -> None:
     if record.get("format") != METRICS_FORMAT or record.get("version") != METRICS_VERSION:
         raise UserError(
-            f"{where}: metrics format {record.get('format')!r} version {record.get('version')!r};"
+            f"{where}: metrics format {excerpt(record.get('format'))} version "
+            f"{excerpt(record.get('version'))};"
             f" this code reads {METRICS_FORMAT!r} version {METRICS_VERSION}"
         )

@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from gpt.config import train_preset
+from gpt import lock
+from gpt.checkpoint import save_model_dir
+from gpt.cli import UserError
+from gpt.config import model_preset, train_preset
 from gpt.data.shards import read_manifest
 from gpt.data.tokeniser import GPTTokeniser
-from gpt.demo import demo_documents, run_demo
+from gpt.demo import demo_documents, replace_previous_demo, run_demo, write_summary
+from gpt.model.gpt2 import GPT
+from gpt.train import rundir
+from tests.test_errors import TRAIN_FLAGS, run_command, user_error
 
 
 def short_demo(tmp_path: Path, out: str, preset: str = "demo", **overrides: object):
@@ -89,3 +95,53 @@ def test_short_modern_demo_trains_and_exports_qwen3(tmp_path: Path) -> None:
     assert (saved["optimizer"], saved["schedule"]) == ("muon", "wsd")
     exported = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
     assert exported["model_type"] == "qwen3"
+
+
+def files(folder: Path) -> dict[Path, bytes]:
+    """Every file under `folder` and its bytes, but the lock file (a refused command may leave
+    an empty one)."""
+    found = folder.rglob("*")
+    return {p: p.read_bytes() for p in found if p.is_file() and p.name != lock.LOCK_FILE}
+
+
+def test_the_demo_leaves_a_folder_that_is_not_a_demo_run_alone(
+    tiny_train_data: Path, tmp_path: Path
+) -> None:
+    """Issue 17, item 1: `train.py --preset demo --out DIR`, DIR holding a run's checkpoint and
+    a user's notes, exits 2 with one line naming DIR, and deletes nothing (it printed "replacing
+    the previous demo run" and deleted the folder)."""
+    run = tmp_path / "runs/mine"
+    save_model_dir(GPT(model_preset("tiny")), rundir.step_dir(run, 5))
+    (run / "notes.txt").write_text("my notes")
+    before = files(run)
+    data = ["--data", str(tiny_train_data), "--tokeniser", str(tiny_train_data / "tokeniser.tkn")]
+    result = run_command(
+        tmp_path,
+        "train.py",
+        *("--preset", "demo", "--out", "runs/mine", *data, "--model", "tiny", "--max-steps", "2"),
+        *TRAIN_FLAGS,
+    )
+    user_error(result, "runs/mine", "not a demo run")
+    assert files(run) == before
+
+
+def test_a_previous_demo_run_is_known_by_its_mark(tmp_path: Path) -> None:
+    """Only a folder whose demo.json carries the demo's mark is emptied (its held lock file
+    stays); an empty folder is free; demo.json without the mark is not enough."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000001").mkdir(parents=True)
+    (run / "log.txt").write_text("0 (128) train 6.0\n")
+    write_summary(run, {"unigram_entropy": 5.0})
+    lines: list[str] = []
+    with lock.hold(run):
+        replace_previous_demo(run, lines.append)
+        assert [p.name for p in run.iterdir()] == [lock.LOCK_FILE]
+    assert lines == [f"{run}: replacing the previous demo run"]
+    replace_previous_demo(run, lines.append)  # nothing but the lock file: nothing to replace
+    assert len(lines) == 1
+    unmarked = tmp_path / "unmarked"
+    unmarked.mkdir()
+    (unmarked / "demo.json").write_text(json.dumps({"unigram_entropy": 5.0}))
+    with pytest.raises(UserError, match="not a demo run"):
+        replace_previous_demo(unmarked, lines.append)
+    assert (unmarked / "demo.json").is_file()

@@ -444,6 +444,7 @@ def test_find_file_and_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("HELLASWAG_FILE")
     # a download (from a file:// URL here) lands in the cache, with no temp file left behind
     monkeypatch.setattr(hd, "HELLASWAG_URL", f"file://{tmp_path}/src_{{split}}.jsonl")
+    monkeypatch.setitem(hd.SPLIT_FILES, "val", hd.SplitFile(2, None))  # the stand-in's count
     got = hd.download_split("val")
     assert got == tmp_path / "cache" / "hellaswag_val.jsonl"
     assert got.read_bytes() == src.read_bytes()

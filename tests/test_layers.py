@@ -5,8 +5,8 @@ Every import counts, those inside functions and under `if TYPE_CHECKING` include
 moved into a function to dodge a cycle is still a dependency. The layers follow the data flow
 (README's Layout section):
 
-    1 config, cli, fsio, distributed     2 data, model     3 checkpoint     4 hf
-    5 hellaswag     6 train     7 plot, demo, finish     then the entry points (any layer)
+    1 capability, config, cli, fsio, lock, distributed     2 data, model     3 checkpoint     4 hf
+    5 hellaswag, gguf     6 train     7 plot, demo, finish     then the entry points (any layer)
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ PACKAGE = ROOT / "gpt"
 
 # module-name prefix -> layer; a module belongs to the first prefix that matches it
 LAYERS: dict[str, int] = {
+    "gpt.capability": 1,
     "gpt.config": 1,
     "gpt.cli": 1,
     "gpt.fsio": 1,
+    "gpt.lock": 1,
     "gpt.distributed": 1,
     "gpt.data": 2,
     "gpt.model": 2,
@@ -33,6 +35,7 @@ LAYERS: dict[str, int] = {
     "gpt.runlog": 3,
     "gpt.hf": 4,
     "gpt.hellaswag": 5,
+    "gpt.gguf": 5,
     "gpt.train": 6,
     "gpt.plot": 7,
     "gpt.demo": 7,

@@ -96,7 +96,7 @@ def test_flag_errors_in_process(capsys: pytest.CaptureFixture[str]) -> None:
         resolve("--max-lr", "fast")
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: argument --max-lr: invalid float value: 'fast'\n"
-    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+    with pytest.raises(ValueError, match="--warmup-steps must be >= 0"):
         resolve("--warmup-steps", "-1")
 
 

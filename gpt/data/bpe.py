@@ -27,7 +27,7 @@ from typing import Any
 import regex
 from tqdm import tqdm
 
-from gpt.cli import UserError
+from gpt.cli import UserError, excerpt
 from gpt.fsio import write_text_atomic
 
 # The pre-split patterns of tiktoken's r50k_base (GPT-2) and cl100k_base (GPT-4). GPT-4's is
@@ -226,10 +226,12 @@ def read_tkn(path: Path) -> tuple[list[tuple[int, int]], str, dict[str, int]]:
     reader = _Lines(path, lines)
     head = reader.next("header")
     if not head.startswith(TKN_FORMAT + " "):
-        raise TokeniserError(f"{path}: not a {TKN_FORMAT} tokeniser file (first line {head!r})")
+        raise TokeniserError(
+            f"{path}: not a {TKN_FORMAT} tokeniser file (first line {excerpt(head)})"
+        )
     if head != f"{TKN_FORMAT} {TKN_VERSION}":
         raise TokeniserError(
-            f"{path}: {head!r} is a format version this program does not read "
+            f"{path}: {excerpt(head)} is a format version this program does not read "
             f"(it reads version {TKN_VERSION})"
         )
     pattern = reader.string(reader.keyword("pattern"))
@@ -261,7 +263,7 @@ def _read_merges(reader: _Lines) -> tuple[list[tuple[int, int]], list[bytes]]:
             reader.bad(f"merge {new} {a} {b} is out of order or names an unknown token")
         token = ranks[left] + ranks[right]
         if token in seen or reader.string(shown) != json.loads(_escape(token)):
-            reader.bad(f"merge {n} repeats a token or does not match its text {shown}")
+            reader.bad(f"merge {n} repeats a token or does not match its text {excerpt(shown)}")
         seen.add(token)
         ranks.append(token)
         merges.append((left, right))
@@ -286,7 +288,7 @@ class _Lines:
     def keyword(self, key: str) -> str:
         line = self.next(key)
         if not line.startswith(key + " "):
-            self.bad(f"expected '{key} ...', found {line[:40]!r}")
+            self.bad(f"expected '{key} ...', found {excerpt(line)}")
         return line[len(key) + 1 :]
 
     def count(self, key: str) -> int:
@@ -295,12 +297,12 @@ class _Lines:
     def split(self, line: str, n: int) -> list[str]:
         parts = line.split(" ", n)
         if len(parts) != n + 1:
-            self.bad(f"expected {n + 1} fields, found {line[:40]!r}")
+            self.bad(f"expected {n + 1} fields, found {excerpt(line)}")
         return parts
 
     def int(self, s: str) -> int:
         if not (s.isascii() and s.isdigit()):  # isdigit alone passes "²", which int() refuses
-            self.bad(f"expected a number, found {s[:40]!r}")
+            self.bad(f"expected a number, found {excerpt(s)}")
         return int(s)
 
     def string(self, s: str) -> str:
@@ -309,5 +311,5 @@ class _Lines:
         except json.JSONDecodeError:
             value = None
         if not isinstance(value, str):
-            self.bad(f"expected a quoted string, found {s[:40]!r}")
+            self.bad(f"expected a quoted string, found {excerpt(s)}")
         return value

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpt.cli import excerpt
 from gpt.data.shards import (
     DTYPES,
     MANIFEST,
@@ -151,7 +152,7 @@ class DataLoader:
             if state.get(key) != getattr(self, key):
                 raise DataError(
                     f"{self.data_dir / MANIFEST}: the saved loader state has {key} "
-                    f"{state.get(key)!r}, this loader {getattr(self, key)!r}"
+                    f"{excerpt(state.get(key))}, this loader {getattr(self, key)!r}"
                 )
         epoch, position = state.get("epoch"), state.get("position")
         if not (isinstance(epoch, int) and isinstance(position, int)) or not (

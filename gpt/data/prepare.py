@@ -14,6 +14,9 @@ memory, so memory stays bounded (a 100M-token shard is 200 MB as uint16) whateve
 Resume: after each shard the manifest (complete: false) lists the finished shards; their
 documents are all whole, so a rerun skips that many source documents and goes on. The output of
 an interrupted and resumed run is byte-identical to an uninterrupted one.
+
+One preparation at a time: the output folder is locked (gpt/lock.py, OUT/.lock) while it is
+prepared, and a second process on the same folder is refused at once, naming the first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from gpt import lock
 from gpt.cli import UserError
 from gpt.data.shards import (
     DTYPES,
@@ -48,7 +52,7 @@ from gpt.data.shards import (
     write_shard,
 )
 from gpt.data.tokeniser import Tokeniser, get_tokeniser
-from gpt.fsio import atomic_write, write_json_atomic
+from gpt.fsio import copy_atomic, make_dirs, temp_files, write_json_atomic
 
 CHUNK_DOCS = 1024  # documents per task sent to a worker, at most
 CHUNK_BYTES = 256 * 1024  # text per task, at most (a little more: the last document is whole)
@@ -95,12 +99,30 @@ def prepare_dataset(
         "max_tokens": max_tokens,
     }
     fresh = _fresh_manifest(tok, source, settings)
+    if not (out_dir / MANIFEST).is_file():
+        documents = _peeked(documents)  # a source that fails does so before any file is written
+    with lock.hold(out_dir):
+        return _prepare_locked(documents, out_dir, tok, fresh, workers, progress)
+
+
+def _prepare_locked(
+    documents: Iterable[str],
+    out_dir: Path,
+    tok: Tokeniser,
+    fresh: dict[str, Any],
+    workers: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """`prepare_dataset` in the folder `out_dir`, locked: started from the `fresh` manifest,
+    resumed, or returned as it is when complete."""
+    max_docs, max_tokens = fresh["settings"]["max_docs"], fresh["settings"]["max_tokens"]
     manifest = _existing_manifest(out_dir, fresh)
     if manifest is None:
-        documents = _peeked(documents)  # a source that fails does so before any file is written
         manifest = _create(out_dir, fresh, tok)
     elif manifest["complete"]:
         return manifest
+    else:
+        _copy_tokeniser(out_dir, manifest, tok)  # a crash may have come before the copy
     writer = _ShardWriter(out_dir, manifest)
     if max_tokens is not None and writer.tokens >= max_tokens:  # stopped just before the end
         return writer.finish()
@@ -147,26 +169,33 @@ def _fresh_manifest(tok: Tokeniser, source: str, settings: dict[str, Any]) -> di
 
 def _existing_manifest(out_dir: Path, fresh: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest of an earlier run of this same preparation in `out_dir` (when interrupted,
-    with the stray files it left removed), None when `out_dir` is new or empty; refuses others."""
+    with the stray files it left removed), None when `out_dir` is empty (its lock file aside);
+    refuses others."""
     if (out_dir / MANIFEST).is_file():
         manifest = read_manifest(out_dir, allow_incomplete=True)
         _check_same_run(out_dir / MANIFEST, manifest, fresh)
         if not manifest["complete"]:
             _clean_interrupted(out_dir, manifest)
         return manifest
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    for leftover in temp_files(out_dir / MANIFEST):  # a crash before the first manifest
+        leftover.unlink()
+    if any(p.name != lock.LOCK_FILE for p in out_dir.iterdir()):
         raise DataError(f"{out_dir}: exists and is not an empty folder or a prepared dataset")
     return None
 
 
 def _create(out_dir: Path, manifest: dict[str, Any], tok: Tokeniser) -> dict[str, Any]:
     """Start `out_dir`: the manifest (complete: false), then a custom tokeniser's file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     write_json_atomic(out_dir / MANIFEST, manifest)
-    if manifest["tokeniser"] == TOKENISER_FILE:
-        with atomic_write(out_dir / TOKENISER_FILE) as f:
-            f.write(Path(tok.spec).read_bytes())
+    _copy_tokeniser(out_dir, manifest, tok)
     return manifest
+
+
+def _copy_tokeniser(out_dir: Path, manifest: dict[str, Any], tok: Tokeniser) -> None:
+    """Copy a custom tokeniser's file into `out_dir`, unless it is there."""
+    if manifest["tokeniser"] == TOKENISER_FILE and not (out_dir / TOKENISER_FILE).is_file():
+        copy_atomic(tok.spec, out_dir / TOKENISER_FILE)
 
 
 def _peeked(documents: Iterable[str]) -> Iterator[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt.cli import UserError
+from gpt.cli import UserError, excerpt
 from gpt.fsio import atomic_write, read_json_object
 
 MAGIC = b"GPTASHRD"
@@ -210,9 +210,9 @@ def _validate_manifest(manifest: Any, path: Path) -> None:
         if not isinstance(manifest.get(key), kind):
             raise DataError(f"{path}: damaged manifest (field {key!r} missing or wrong type)")
     if not 1 < manifest["vocab_size"] <= 2**32:  # the range token_dtype accepts
-        raise DataError(f"{path}: damaged manifest (vocab_size {manifest['vocab_size']!r})")
+        raise DataError(f"{path}: damaged manifest (vocab_size {excerpt(manifest['vocab_size'])})")
     if manifest["dtype"] not in DTYPES or manifest["dtype"] != token_dtype(manifest["vocab_size"]):
-        raise DataError(f"{path}: damaged manifest (dtype {manifest['dtype']!r})")
+        raise DataError(f"{path}: damaged manifest (dtype {excerpt(manifest['dtype'])})")
     for shard in manifest["shards"]:
         ok = (
             isinstance(shard, dict)
@@ -223,7 +223,7 @@ def _validate_manifest(manifest: Any, path: Path) -> None:
             and isinstance(shard.get("docs"), int)
         )
         if not ok:
-            raise DataError(f"{path}: damaged manifest (shard entry {shard!r})")
+            raise DataError(f"{path}: damaged manifest (shard entry {excerpt(shard)})")
 
 
 def manifest_tokeniser_spec(data_dir: str | Path) -> str:

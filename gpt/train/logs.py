@@ -7,7 +7,6 @@ Rank 0 writes metrics.jsonl and log.txt into the run directory (see gpt/runlog.p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +16,15 @@ from tqdm import tqdm
 from gpt.cli import UserError
 from gpt.config import TrainConfig
 from gpt.fsio import write_text_atomic
-from gpt.runlog import FORMAT_KIND, LOG_KINDS, METRICS_FILE, TEXT_LOG_FILE, format_record
+from gpt.runlog import (
+    FORMAT_KIND,
+    LOG_KINDS,
+    METRICS_FILE,
+    TEXT_LOG_FILE,
+    decode_record,
+    encode_record,
+    format_record,
+)
 
 # ----------------------------------------------------------------------------- writing
 
@@ -80,7 +87,7 @@ class RunLogger:
                 self.wandb.log({kind: value, "tokens": tokens}, step=step)
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.write(encode_record(record) + "\n")
         self.metrics.flush()
 
     def close(self) -> None:
@@ -128,8 +135,8 @@ def truncate_logs(run_dir: Path, step: int) -> None:
 
     def keep_record(line: str) -> bool:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = decode_record(line)
+        except ValueError:  # a half-written last line (json.JSONDecodeError is a ValueError)
             return False
         return record["kind"] == FORMAT_KIND or keep(record["step"], record["kind"])
 

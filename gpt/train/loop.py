@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from gpt import distributed
+from gpt.capability import describe, dtype_choice, dtype_name
 from gpt.config import GPTConfig, TrainConfig
 from gpt.data.loader import DataLoader
 from gpt.data.shards import read_manifest, split_tokens
@@ -42,9 +44,10 @@ from gpt.hellaswag.score import evaluate as hellaswag_evaluate
 from gpt.model.base import LanguageModel
 from gpt.model.generate import generate
 from gpt.train import inputs, rundir
-from gpt.train.logs import RunLogger, truncate_logs
+from gpt.train.batch import resolve_batch_size
+from gpt.train.logs import RunLogger
 from gpt.train.mfu import MFU
-from gpt.train.optimizers import Optimizer
+from gpt.train.optimizers import MuonAdamW, Optimizer
 from gpt.train.parallel import Parallel, make_parallel
 from gpt.train.recipe import (
     apply_optimizer_settings,
@@ -58,6 +61,8 @@ from gpt.train.state import (
     Progress,
     TrainingState,
     capture_rng_state,
+    check_world_size,
+    load_training_state,
     restore_rng_state,
     save_checkpoint,
 )
@@ -120,15 +125,20 @@ class Run:
         return (step + 1) * self.cfg.total_batch_size
 
 
-def train(cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
-    """Run (or resume) a training run described by `cfg` on this rank."""
+def train(
+    cfg: TrainConfig, env: DistEnv | None = None, plan: rundir.RunPlan | None = None
+) -> TrainResult:
+    """Run (or resume) a training run on this rank, as `plan` says (train.py plans it from what
+    the user stated), else as the complete settings `cfg` say (rundir.plan_run). Every rank
+    follows rank 0's plan (the ranks' files may differ), and rank 0 holds the run directory's
+    lock until the run ends (rundir.claimed)."""
     env = env or distributed.setup(cfg.device)
-    cfg = distributed.broadcast_object(cfg)  # rank 0's settings, should the ranks' files differ
-    run = build_run(cfg, env)
-    try:
-        loop(run)
-    finally:
-        run.log.close()
+    with rundir.claimed(lambda: plan or rundir.plan_run(cfg)) as claimed:
+        run = build_run(claimed, env)
+        try:
+            loop(run)
+        finally:
+            run.log.close()
     progress = run.progress
     return TrainResult(
         run_dir=run.run_dir,
@@ -143,22 +153,27 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> TrainResult:
 # ----------------------------------------------------------------------------- building the run
 
 
-def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
-    """Read the data, build (or restore) the model, optimizer and loaders."""
+def build_run(plan: rundir.RunPlan, env: DistEnv) -> Run:
+    """Read the data, build (or restore) the model, optimizer and loaders, as `plan` says."""
+    cfg, run_dir, checkpoint = plan.cfg, plan.run_dir, plan.checkpoint
     manifest = read_manifest(cfg.data)
     tok = inputs.check_tokeniser(cfg, manifest)
     model_config = inputs.model_shape(cfg, manifest)
+    cfg, batch_line = resolve_batch_size(cfg, model_config, env)  # --batch-size auto
     accum = grad_accum_steps(cfg, env.world_size)
     max_steps = cfg.max_steps or default_max_steps(cfg, split_tokens(manifest, "train"))
-    run_dir = Path(cfg.out)
-    resume_from, state = rundir.resume_point(cfg, env.world_size)
+    distributed.decide_on_rank0(lambda: rundir.check_unchanged(plan))  # the inputs checked first
+    state = None
+    if checkpoint is not None:
+        state = load_training_state(checkpoint)
+        check_world_size(state, checkpoint, env.world_size)
 
     parallel = make_parallel(cfg, env)
     torch.manual_seed(cfg.seed)
-    model, train_model = parallel.build_model(model_config, resume_from)
+    model, train_model = parallel.build_model(model_config, checkpoint)
     val_loader, val_steps = inputs.val_loader(cfg, env, manifest, tok)
     if env.is_main and state is not None:
-        truncate_logs(run_dir, state.step)
+        rundir.start_from(plan, state)  # the checkpoint loaded: set a rewound branch aside
     run = Run(
         cfg=cfg,
         env=env,
@@ -180,10 +195,12 @@ def build_run(cfg: TrainConfig, env: DistEnv) -> Run:
         ),
         log=RunLogger(run_dir, cfg, env.is_main, fresh=state is None),
     )
-    if resume_from is not None and state is not None:
-        restore(run, state, resume_from)
+    if checkpoint is not None and state is not None:
+        restore(run, state, checkpoint)
     run.hellaswag = inputs.load_hellaswag(cfg, run.log.print)
     write_run_config(run, manifest)
+    if batch_line is not None:
+        run.log.print(batch_line)
     return run
 
 
@@ -213,7 +230,7 @@ def write_run_config(run: Run, manifest: dict[str, Any]) -> None:
         "grad_accum_steps": run.accum,
         "max_steps": run.max_steps,
         "device": str(run.device),
-        "dtype": str(run.parallel.dtype).removeprefix("torch."),
+        "dtype": dtype_name(run.parallel.dtype),
         "tokeniser": {"spec": run.tokeniser.spec, "fingerprint": run.tokeniser.fingerprint},
         "data": {"source": manifest["source"], "train_tokens": split_tokens(manifest, "train")},
         "parameters": run.model.num_params(),
@@ -224,24 +241,40 @@ def write_run_config(run: Run, manifest: dict[str, Any]) -> None:
         f"on {run.device}, {resolved['dtype']} | {run.max_steps} steps of "
         f"{run.cfg.total_batch_size:,} tokens (grad accum {run.accum})"
     )
+    run.log.print(numerics_line(run))
+
+
+def numerics_line(run: Run) -> str:
+    """What the device does natively and the dtypes chosen from it, e.g. "cpu: AMD EPYC, AVX2,
+    no native bfloat16 -> autocast float32, Newton-Schulz in float32"."""
+    choices = [f"autocast {dtype_choice(run.parallel.dtype, run.device)}"]
+    if isinstance(run.optimizer, MuonAdamW):
+        choices.append(f"Newton-Schulz in {dtype_name(run.optimizer.muon.ns_dtype)}")
+    return f"{describe(run.device)} -> {', '.join(choices)}"
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
 def loop(run: Run) -> None:
-    """Steps progress.step .. max_steps - 1; evaluation and checkpoints at the top of a step."""
+    """Steps progress.step .. max_steps - 1; evaluation and checkpoints at the top of a step.
+    A checkpoint is written only after a finite loss was measured on its weights (the step's
+    validation loss, else `check_weights_before_save`), so that every checkpoint is one to
+    resume from."""
     run.log.start_progress(run.max_steps, run.step, run.cfg.progress)
     first = run.step
     for step in range(first, run.max_steps + 1):
         run.progress.step = step
         done_here = run.resumed and step == first  # evaluated and saved before the checkpoint
         last = step == run.max_steps
-        saved = False
+        saved = measured = False
         if not done_here and (step % run.cfg.eval_every == 0 or last):
-            saved = evaluate(run)
+            saved = evaluate(run)  # stops the run at a non-finite validation loss
+            measured = run.val_loader is not None
         periodic = run.cfg.save_every and step % run.cfg.save_every == 0 and step > 0
         if not done_here and not saved and (periodic or last):
+            if not measured:
+                check_weights_before_save(run)
             save(run, best=False)
         if last:
             break
@@ -281,13 +314,19 @@ def train_step(run: Run) -> None:
 
 
 def check_finite(run: Run, what: str, value: float) -> None:
-    """Stop the run at a NaN or infinite loss or gradient norm, naming the last good checkpoint."""
+    """Stop the run at a NaN or infinite loss or gradient norm, naming the last checkpoint,
+    which had a finite loss (`loop` saves none before one was measured on its weights)."""
     if math.isfinite(value):
         return
-    where = run.progress.last_checkpoint or "none was written"
+    good = run.progress.last_checkpoint
+    advice = (
+        f"Last checkpoint with a finite loss: {good}; resume from it with --resume {good} and a "
+        "lower --max-lr"
+        if good is not None
+        else "No checkpoint was written: start again with a lower --max-lr"
+    )
     raise NonFiniteLossError(
-        f"non-finite {what} ({value}) at step {run.step}: training stopped. Last good "
-        f"checkpoint: {where}; resume from it with --resume and a lower --max-lr"
+        f"non-finite {what} ({value}) at step {run.step}: training stopped. {advice}"
     )
 
 
@@ -319,9 +358,10 @@ def evaluate(run: Run) -> bool:
     with run.parallel.eval_model(run.model) as model, torch.no_grad():
         if run.val_loader is not None:
             val = validation_loss(run, model)
-            progress.last_val_loss = val
             run.log.event(run.step, tokens, "val", val)
             run.log.print(f"step {run.step:6d} | val loss {val:.4f}")
+            check_finite(run, "validation loss", val)  # before anything is saved or sampled
+            progress.last_val_loss = val
         if run.hellaswag is not None:
             hellaswag(run, model, tokens)
         if run.cfg.samples and run.env.is_main:
@@ -336,16 +376,36 @@ def evaluate(run: Run) -> bool:
 
 def validation_loss(run: Run, model: LanguageModel) -> float:
     """Mean loss over val_steps batches of the validation split, from its start, over ranks."""
-    assert run.val_loader is not None
-    run.val_loader.reset()
+    val_loader = run.val_loader
+    assert val_loader is not None
+    val_loader.reset()
+    return mean_loss(run, model, (val_loader.next_batch() for _ in range(run.val_steps)))
+
+
+def check_weights_before_save(run: Run) -> None:
+    """Before a checkpoint that no validation loss vouches for (none at this step, or no val
+    split): stop the run unless the current weights give a finite loss on the training
+    micro-batch that this step reads first. The batch is peeked (the loader's position is put
+    back), so the run's data order is unchanged."""
+    position = run.train_loader.state_dict()
+    batch = run.train_loader.next_batch()
+    run.train_loader.load_state_dict(position)
+    with run.parallel.eval_model(run.model) as model, torch.no_grad():
+        check_finite(run, "loss", mean_loss(run, model, iter([batch])))
+
+
+def mean_loss(
+    run: Run, model: LanguageModel, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """The model's mean loss over this rank's `batches` (at least one), averaged over ranks."""
     total = torch.zeros((), device=run.device)
-    for _ in range(run.val_steps):
-        x, y = run.val_loader.next_batch()
-        x, y = run.parallel.to_device(x), run.parallel.to_device(y)
+    count = 0
+    for x, y in batches:
         with run.parallel.autocast():
-            _, loss = model(x, y)
+            _, loss = model(run.parallel.to_device(x), run.parallel.to_device(y))
         total += loss.detach().float()
-    total /= run.val_steps
+        count += 1
+    total /= count
     distributed.all_reduce_mean(total)
     return total.item()
 
@@ -407,6 +467,8 @@ def save(run: Run, best: bool) -> Path:
     loaders = distributed.all_gather_objects(run.train_loader.state_dict())
     rngs = distributed.all_gather_objects(capture_rng_state(run.device))
     progress = run.progress
+    if best:
+        progress.best_step = run.step
     if run.env.is_main:
         state = TrainingState(
             **progress.state_dict(),

@@ -5,12 +5,12 @@ directory (gpt/checkpoint.py) plus:
     optimizer.pt   the optimizer's state_dict (tensors and numbers; torch.save)
     loader.json    {"version": 1, "ranks": [each rank's DataLoader.state_dict()]}
     rng.pt         [each rank's RNG states: python, numpy, torch CPU, CUDA]
-and config.json's "training": step, tokens, best_val_loss (`Progress.state_dict()`), world_size,
-train_config. The loop assembles a `TrainingState` from its components' state_dict()s (Progress,
-the loader, the optimizer through gpt/train/parallel.py, `capture_rng_state`) and hands each
-its part back on resume. Loading checks every file, so that a damaged one fails at once, naming
-it (CheckpointError), not in the resumed run; nothing is unpickled beyond tensors and plain types
-(torch.load(weights_only=True)).
+and config.json's "training": step, tokens, best_val_loss, best_step (`Progress.state_dict()`),
+world_size, train_config. The loop assembles a `TrainingState` from its components'
+state_dict()s (Progress, the loader, the optimizer through gpt/train/parallel.py,
+`capture_rng_state`) and hands each its part back on resume. Loading checks every file, so that
+a damaged one fails at once, naming it (CheckpointError), not in the resumed run; nothing is
+unpickled beyond tensors and plain types (torch.load(weights_only=True)).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gpt.checkpoint import CONFIG_FILE, CheckpointError, read_meta, write_model_files
-from gpt.cli import UserError
+from gpt.cli import UserError, excerpt
 from gpt.config import GPTConfig, TrainConfig, fixed_setting_changes
 from gpt.data.loader import STATE_VERSION as LOADER_STATE_VERSION
 from gpt.fsio import atomic_dir, write_json_atomic
@@ -48,6 +48,8 @@ class Progress:
     """Training tokens consumed."""
     best_val_loss: float | None = None
     """Lowest validation loss so far (None before the first evaluation)."""
+    best_step: int | None = None
+    """The step of the checkpoint saved at that loss (rewinding points `best` back at it)."""
     last_val_loss: float | None = None
     """The latest validation loss (not saved: a resumed run has none until it evaluates)."""
     last_checkpoint: Path | None = None
@@ -55,12 +57,18 @@ class Progress:
     """The checkpoint with the lowest validation loss, as saved by this run or its checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss}
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.tokens = state["tokens"]
         self.best_val_loss = state["best_val_loss"]
+        self.best_step = state["best_step"]
 
 
 @dataclass
@@ -70,7 +78,7 @@ class TrainingState:
     step: int
     tokens: int
     best_val_loss: float | None
-    """step, tokens, best_val_loss: the run's Progress (see there)."""
+    """step, tokens, best_val_loss (and best_step, below): the run's Progress (see there)."""
     world_size: int
     """Number of ranks that wrote the checkpoint."""
     train_config: dict[str, Any]
@@ -81,10 +89,17 @@ class TrainingState:
     """Each rank's training DataLoader state."""
     rng: list[dict[str, Any]] = field(default_factory=list)
     """Each rank's RNG states (see capture_rng_state)."""
+    best_step: int | None = None
+    """Progress.best_step (None in checkpoints written before it was recorded)."""
 
     def progress(self) -> dict[str, Any]:
         """The Progress.state_dict() this state was assembled from."""
-        return {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss}
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The JSON part, stored in config.json under "training"."""
@@ -133,11 +148,15 @@ def load_training_state(path: str | Path) -> TrainingState:
     optimizer = _read_torch_file(path / OPTIMIZER_FILE)
     rng = _checked_rng_states(path / RNG_FILE, _read_torch_file(path / RNG_FILE))
     loader = _read_loader_states(path / LOADER_FILE)
+    best_step = training.get("best_step")  # absent from checkpoints written before it was saved
+    if best_step is not None and not _count(best_step):
+        raise CheckpointError(f"{path / CONFIG_FILE}: damaged best_step {excerpt(best_step)}")
     try:
         return TrainingState(
             step=int(training["step"]),
             tokens=int(training["tokens"]),
             best_val_loss=training["best_val_loss"],
+            best_step=best_step,
             world_size=int(training["world_size"]),
             train_config=dict(training["train_config"]),
             optimizer=optimizer,
@@ -188,7 +207,9 @@ def _read_loader_states(file: Path) -> list[dict[str, Any]]:
         raise CheckpointError(f"{file}: damaged training state ({e})") from None
     if not isinstance(loader, dict) or loader.get("version") != LOADER_VERSION:
         version = loader.get("version") if isinstance(loader, dict) else None
-        raise CheckpointError(f"{file}: version {version!r}, this code reads {LOADER_VERSION}")
+        raise CheckpointError(
+            f"{file}: version {excerpt(version)}, this code reads {LOADER_VERSION}"
+        )
     ranks = loader.get("ranks")
     if not isinstance(ranks, list) or not all(_plausible_position(r) for r in ranks):
         raise CheckpointError(f"{file}: damaged loader positions")
@@ -200,7 +221,7 @@ def _plausible_position(state: Any) -> bool:
     if not isinstance(state, dict) or state.get("version") != LOADER_STATE_VERSION:
         return False
     numbers = [state.get(k) for k in ("epoch", "position", "tokens_in_split")]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+    if not all(_count(n) for n in numbers):
         return False
     return state["position"] <= state["tokens_in_split"]
 
@@ -222,29 +243,42 @@ def _checked_rng_states(file: Path, states: Any) -> list[dict[str, Any]]:
     return states
 
 
-def check_resumable(cfg: TrainConfig, state: TrainingState, path: Path, world_size: int) -> None:
-    """A run resumes only with the data order and model of its checkpoint."""
+def check_world_size(state: TrainingState, path: Path, world_size: int) -> None:
+    """A run resumes on as many ranks as wrote its checkpoint: each rank's data position is
+    saved."""
     if state.world_size != world_size:
         raise UserError(
             f"{path} was written by {state.world_size} ranks; resume it with the same number "
             f"(now {world_size}) so that every rank's data position is restored"
         )
-    saved = with_defaults(state.train_config)
+
+
+def check_fixed_settings(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """A complete TrainConfig (train() called from code) resumes only with the data order and
+    model of its checkpoint `path`, whose settings are `saved`. (train.py checks only what the
+    user stated, in config.resumed_config, naming where each came from.)"""
     changed = fixed_setting_changes(saved, cfg.to_dict())
     if changed:
         name = changed[0]
         then, now = saved[name], getattr(cfg, name)
-        raise UserError(f"{path}: checkpoint has {name}={then!r}, this run {name}={now!r}")
+        raise UserError(f"{path}: checkpoint has {name}={excerpt(then)}, this run {name}={now!r}")
 
 
-def saved_train_config(path: str | Path) -> dict[str, Any]:
-    """The TrainConfig (as a dict) a training checkpoint was written with: the base settings of
-    a run resumed from it."""
+def saved_settings(path: str | Path) -> tuple[dict[str, Any], int]:
+    """The TrainConfig (as a dict) a training checkpoint was written with, the base settings of
+    a run resumed from it, and its step: what a resume is planned from, read from config.json
+    alone (the optimizer state may be gigabytes)."""
     training = read_meta(path).get("training")
     config = training.get("train_config") if isinstance(training, dict) else None
-    if not isinstance(config, dict):
+    step = training.get("step") if isinstance(training, dict) else None
+    if not isinstance(config, dict) or not _count(step):
         raise CheckpointError(f"{path}: a model directory, not a training checkpoint")
-    return with_defaults(config)
+    return with_defaults(config), step
+
+
+def _count(value: Any) -> bool:
+    """Whether `value` is an int >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
