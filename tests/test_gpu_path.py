@@ -1,6 +1,7 @@
 """The GPU training path, exercised on CPU where PyTorch allows: compile + DDP (gloo), FSDP's
 meta-device initialisation, bf16 autocast for a training step and for sampling, the MFU peak
-of real device names, and `bench/gpu.py --smoke`."""
+of real device names, and `bench/gpu.py --smoke` (with --profile and --levers; the profile's
+sorting of CUDA kernels on made-up events)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 
-from gpt.config import GPTConfig
+from bench._profile import (
+    NEWTON_SCHULZ,
+    ROWS,
+    Profile,
+    breakdown,
+    device_profile,
+    levers,
+    profile_table,
+)
+from gpt.config import GPTConfig, TrainConfig
 from gpt.hellaswag import score as hs
 from gpt.model.generate import generate
 from gpt.model.gpt2 import GPT
+from gpt.train import optimizers, parallel
 from gpt.train.loop import train
 from gpt.train.mfu import gpu_peak_flops
+from gpt.train.recipe import configure_optimizer
 from tests.test_distributed import (  # noqa: F401 (single_run is a fixture)
     OPTIMIZERS,
     ROOT,
@@ -193,28 +207,149 @@ def test_unknown_devices_have_no_peak(name: str) -> None:
 
 @pytest.mark.parametrize("recipe", ["gpt2", "modern"])
 def test_gpu_benchmark_smoke_mode_prints_the_whole_table(tmp_path: Path, recipe: str) -> None:
-    """`python bench/gpu.py --smoke [--recipe modern]`, run as a user would from another
-    directory: every row of the table, and a resume that reproduces the uninterrupted losses
-    (Muon's state included for the modern recipe)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--recipe", recipe],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines()
-            if line.startswith("| ")}  # fmt: skip
-    for row in ("train, compiled", "train, eager", "generate, batch 1", "generate, batch 8",
+    """`python bench/gpu.py --smoke --profile [--recipe modern]`, run as a user would from
+    another directory: every row of the table, a resume that reproduces the uninterrupted losses
+    (Muon's state included for the modern recipe), --deterministic's cost, and the profile's
+    table of the compiled step."""
+    result = run_gpu_bench(tmp_path, "--smoke", "--profile", "--recipe", recipe)
+    rows = table_rows(result.stdout)
+    for row in ("train, compiled", "train, compiled, --deterministic", "train, eager",
+                "generate, batch 1", "generate, batch 8",
+                "generate static, batch 1", "transformers static, batch 1",
+                "generate static, batch 8", "transformers static, batch 8",
                 "hellaswag", "save + resume", "save + resume, --deterministic"):  # fmt: skip
         assert row in rows, f"missing row {row!r} in:\n{result.stdout}"
         assert "failed" not in rows[row], rows[row]
     for row in ("save + resume", "save + resume, --deterministic"):
         assert "identical" in rows[row] and "differ" not in rows[row]
     assert "vocab " in rows["train, compiled"]  # the table says what vocabulary it trained
+    assert "x the default kernels' tokens/s" in rows["train, compiled, --deterministic"]
+    shares = profile_shares(result.stdout)
+    assert list(shares) == ROWS
+    # On CPU every op's own time lies in one outermost op, and the rest of the steps is idle:
+    # the rows add up to the whole (rounded to 0.1% each).
+    assert sum(shares.values()) == pytest.approx(100, abs=0.6)
+    optimizer = (
+        "optimizer: Muon (Newton-Schulz)" if recipe == "modern" else "optimizer: AdamW, clipping"
+    )
+    for busy in ("matmuls", "attention", optimizer, "data: loading, host-device copies"):
+        assert shares[busy] > 0, busy
+
+
+def run_gpu_bench(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python bench/gpu.py ARGS` from `cwd`, one thread; it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "bench" / "gpu.py"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def table_rows(stdout: str) -> dict[str, str]:
+    """The Markdown table lines of `stdout`, by their first cell."""
+    return {line.split("|")[1].strip(): line for line in stdout.splitlines()
+            if line.startswith("| ")}  # fmt: skip
+
+
+def profile_shares(stdout: str) -> dict[str, float]:
+    """The profile table's shares (percent), by row."""
+    profile = stdout.split("Where a compiled training step's time goes")[1]
+    rows = table_rows(profile)
+    return {name: float(line.split("|")[2].strip().rstrip("%")) for name, line in rows.items()
+            if name != "where the time goes"}  # fmt: skip
+
+
+def test_gpu_benchmark_levers_one_at_a_time(tmp_path: Path) -> None:
+    """`bench/gpu.py --smoke --levers`: the compiled step as set, then AdamW unfused, the
+    micro-batch halved (twice the micro-steps) and auto (on CPU the whole step fits: one)."""
+    rows = table_rows(run_gpu_bench(tmp_path, "--smoke", "--levers").stdout)
+    expected = {
+        "as set": "B=4 T=32 x 2 micro-steps",
+        "fused AdamW off": "B=4 T=32 x 2 micro-steps",
+        "micro-batch 2": "B=2 T=32 x 4 micro-steps",
+        "micro-batch auto": "B=8 T=32 x 1 micro-steps",
+    }
+    assert [name for name in rows if name.startswith("train")] == [
+        f"train, compiled, {lever}" for lever in expected
+    ]
+    for lever, shape in expected.items():
+        row = rows[f"train, compiled, {lever}"]
+        assert "failed" not in row and shape in row and "x the first row" in row, row
+    assert "1.00x the first row" in rows["train, compiled, as set"]
+
+
+def test_levers_set_adamws_fusion_and_compile_newton_schulz(tiny_config: GPTConfig) -> None:
+    """The optimizer the run builds under each lever, and Newton-Schulz compiled giving eager's
+    orthogonalisation (float32); both put back afterwards."""
+    model = GPT(tiny_config)
+    cpu = torch.device("cpu")
+    for fused, expected in ((False, False), (True, True), (None, True)):  # None: fused on CPU
+        with levers(fused, False):
+            adamw = parallel.configure_optimizer(model, TrainConfig(), cpu)
+        assert bool(adamw.defaults["fused"]) is expected
+    update = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+    args = ((3.4445, -4.7750, 2.0315), 5, 1e-7, torch.float32)  # torch.optim.Muon's defaults
+    with levers(None, True):
+        assert optimizers.newton_schulz is not NEWTON_SCHULZ
+        compiled = optimizers.newton_schulz(update, *args)
+    torch.testing.assert_close(compiled, NEWTON_SCHULZ(update, *args), rtol=1e-4, atol=1e-5)
+    assert optimizers.newton_schulz is NEWTON_SCHULZ
+    assert parallel.configure_optimizer is configure_optimizer
+
+
+def cuda_events() -> list[FunctionEvent]:
+    """Two profiled steps on a made-up GPU: ops (their correlation ids) and the kernels they
+    launched, 350 us from the first kernel to the last, with a 5 us and a 100 us gap."""
+
+    def op(
+        id: int, name: str, start: float, end: float, parent: FunctionEvent | None = None
+    ) -> FunctionEvent:
+        event = FunctionEvent(id=id, name=name, thread=1, start_us=start, end_us=end)
+        event.cpu_parent = parent
+        return event
+
+    def kernel(name: str, start: float, end: float, launched_by: int = 0) -> FunctionEvent:
+        cuda = {"device_type": DeviceType.CUDA, "linked_correlation_id": launched_by}
+        return FunctionEvent(id=0, name=name, thread=7, start_us=start, end_us=end, **cuda)
+
+    muon = op(2, "Optimizer.step#Muon.step", 600, 700)
+    norm = op(4, "aten::rms_norm", 30, 40)
+    return [
+        op(100, "ProfilerStep*", 0, 500), op(101, "ProfilerStep*", 500, 1000),
+        op(1, "aten::addmm", 10, 20), muon, op(3, "aten::mm", 610, 620, muon), norm,
+        op(5, "aten::mul", 31, 32, norm), op(6, "data: next_batch", 0, 40),
+        kernel("sm90_xmma_gemm_bf16bf16_bf16f32", 100, 200, launched_by=1),
+        kernel("Memcpy HtoD (Pinned -> Device)", 200, 210),
+        kernel("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>", 215, 265),
+        kernel("elementwise_kernel<4, MulFunctor>", 265, 275, launched_by=5),
+        kernel("triton_red_fused__log_softmax_nll_loss_forward_0", 275, 295),
+        kernel("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NTN", 395, 425, launched_by=3),
+        kernel("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMath"
+               "Functor<float, 4>>", 425, 445),
+        kernel("triton_poi_fused_add_0", 445, 450),
+    ]  # fmt: skip
+
+
+def test_profile_sorts_cuda_kernels_and_gaps() -> None:
+    """Each kernel by its launching op's ranges (Muon's step), its own name or its op's (the
+    multiply inside an RMSNorm), the gaps by their length; per step and as shares."""
+    profile = device_profile(cuda_events(), "cuda:0")
+    assert isinstance(profile, Profile) and profile.steps == 2 and profile.data_us == 40
+    assert profile.window == (100, 450)
+    expected = {
+        "matmuls": 100, "attention": 50, "loss (cross-entropy)": 20, "norms": 10,
+        "other elementwise and fused": 5, "optimizer: AdamW, clipping": 20,
+        "optimizer: Muon (Newton-Schulz)": 30, "data: loading, host-device copies": 10,
+        "idle: waiting for the host (data, Python, sync)": 100,
+        "idle: gaps between kernels (< 20 us)": 5,
+    }  # fmt: skip
+    assert breakdown(profile) == expected
+    rows = table_rows(profile_table(profile))
+    assert (
+        "| 28.6% | 0.05 " in rows["matmuls"]
+        and "sm90_xmma_gemm_bf16bf16_bf16f32" in rows["matmuls"]
+    )
+    assert "multi_tensor_apply_kernel<...>" in rows["optimizer: AdamW, clipping"]
 
 
 def test_gpu_benchmark_uses_gpt2s_vocabulary_off_the_smoke_run(

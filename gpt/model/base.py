@@ -43,10 +43,12 @@ def call_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 class Cache(Protocol):
-    """The key/value cache forward reads and fills (gpt/model/generate.py's KVCache)."""
+    """The key/value cache forward reads and fills (gpt/model/decoding.py's KVCache)."""
 
-    length: int
-    """Positions filled so far; the next token goes to position `length`."""
+    length: int | torch.Tensor
+    """Positions filled so far; the next token goes to position `length`. A (B,) int64 tensor
+    gives each row its own: the whole buffers are then attended under the caller's mask (hidden
+    needs positions and mask), so that no shape depends on it (gpt/model/static_decode.py)."""
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (B, n_kv, S, hs) key and value buffers of layer i."""
@@ -57,8 +59,9 @@ class Cache(Protocol):
 class Where:
     """What every block of one forward call knows about where its tokens are."""
 
-    start: int
-    """Positions already in the cache (0 without one): this call's keys go at start..start+T-1."""
+    start: int | torch.Tensor
+    """Positions already in the cache (0 without one): this call's keys go at start..start+T-1;
+    a (B,) tensor for a cache with a length per row (see Cache.length)."""
     mask: torch.Tensor | None
     """Bool (B or 1, 1, T, S), True where a query may attend to a key; None is causal, the T
     queries being the last T of the S = start + T keys."""
@@ -83,6 +86,34 @@ def varying_shapes() -> AbstractContextManager[None]:
     return sdpa_kernel(VARYING_SHAPE_KERNELS)
 
 
+def write_cache(
+    kv: tuple[torch.Tensor, torch.Tensor],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    start: int | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write k, v (B, n_kv, T, hs) into the cache buffers kv (B, n_kv, capacity, hs) from
+    position start on -> the keys and values to attend to (B, n_kv, S, hs).
+
+    start an int: the same positions in every row, and the S = start + T filled positions are
+    attended. start a (B,) tensor: each row's own positions, and the whole buffers are attended
+    (S = capacity, the caller's mask hiding what a row has not filled), so that no shape
+    depends on the positions: the static decode step (gpt/model/static_decode.py).
+    """
+    k_cache, v_cache = kv
+    T = k.size(2)
+    if isinstance(start, int):
+        k_cache[:, :, start : start + T] = k
+        v_cache[:, :, start : start + T] = v
+        return k_cache[:, :, : start + T], v_cache[:, :, : start + T]
+    rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
+    slots = start[:, None] + torch.arange(T, device=k.device)  # (B, T)
+    # the two indexed dimensions, apart, go first: the target is (B, T, n_kv, hs)
+    k_cache[rows, :, slots] = k.transpose(1, 2)
+    v_cache[rows, :, slots] = v.transpose(1, 2)
+    return k_cache, v_cache
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -99,11 +130,7 @@ def attend(
     """
     B, nh, T, hs = q.shape
     if kv is not None:
-        k_cache, v_cache = kv
-        end = where.start + T
-        k_cache[:, :, where.start : end] = k
-        v_cache[:, :, where.start : end] = v
-        k, v = k_cache[:, :, :end], v_cache[:, :, :end]  # (B, n_kv, S, hs)
+        k, v = write_cache(kv, k, v, where.start)  # (B, n_kv, S, hs)
     # Without a mask: causal for T > 1 (hidden passes a mask when the queries do not start at
     # key 0); a single query sees every key.
     causal = where.mask is None and T > 1

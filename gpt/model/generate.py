@@ -1,4 +1,4 @@
-"""Text generation: the key/value cache, sampling, and the decoding loop, streamed or not.
+"""Text generation: the decoding loop, streamed or not, eager or through one compiled step.
 
     >>> from gpt.config import model_preset
     >>> from gpt.model.gpt2 import GPT
@@ -8,9 +8,13 @@
 
 The prompt runs once through `LanguageModel.hidden` (gpt/model/base.py) with an empty cache
 (prefill); then each new token costs one single-position pass that attends to every cached
-position. On CPU the weights are applied
-through copies in faster layouts, made for the call (gpt/model/cpu_decode.py). inference.py is the
-command line over `generate` and `generate_stream`; bench/generate.py measures their speed.
+position (the cache and the samplers: gpt/model/decoding.py). On CPU the weights are applied
+through copies in faster layouts, made for the call (gpt/model/cpu_decode.py). With
+`static=True` the tokens come from one compiled step of fixed shapes instead, a CUDA graph on
+CUDA (gpt/model/static_decode.py): opt-in, because its compilation (tens of seconds, once per
+batch size and sampling setting in a process) pays only over long or repeated generations, and
+the eager loop is the faster one on CPU. inference.py is the command line over `generate` and
+`generate_stream`; bench/generate.py and bench/gpu.py measure their speed.
 """
 
 from __future__ import annotations
@@ -19,68 +23,12 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from gpt.cli import UserError
-from gpt.config import GPTConfig
 from gpt.model.base import LanguageModel, varying_shapes
 from gpt.model.cpu_decode import DecodingWeights, decoding_weights
-
-
-class KVCache:
-    """Preallocated keys and values of every layer for a batch, filled from position 0 on
-    (positions at or after `length` are never read, so the buffers start uninitialised); the
-    `Cache` that LanguageModel.hidden reads and extends."""
-
-    def __init__(
-        self,
-        config: GPTConfig,
-        batch_size: int,
-        capacity: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        shape = (config.n_layer, batch_size, config.kv_heads, capacity, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, n_kv, S, hs)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.capacity = capacity
-        self.length = 0
-        """Positions filled so far; the next token goes to position `length`."""
-
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (B, n_kv, S, hs) key and value buffers of layer i."""
-        return self.k[i], self.v[i]
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick the next token of each row of logits (B, V) -> (B,) int64.
-
-    temperature 0 is greedy (argmax). top_k keeps the k most likely tokens; top_p keeps the
-    smallest set of most likely tokens whose probability reaches top_p (nucleus sampling), the
-    most likely token always included. Both may be combined (top_k first).
-    """
-    if temperature == 0:  # max's indices are argmax's (the first of equal maxima), 3-4x faster
-        return logits.max(dim=-1).indices
-    logits = logits.float() / temperature
-    if top_k is None and top_p is None:
-        probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    if top_k is not None and top_k < logits.size(-1):
-        logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), sorted descending
-    else:
-        logits, ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None:
-        mass_before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
-        probs = probs.masked_fill(mass_before >= top_p, 0.0)
-    choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-    return ids.gather(-1, choice).squeeze(1)
+from gpt.model.decoding import KVCache, sample_next
+from gpt.model.static_decode import STOP_CHECK_EVERY, Sampling, decode_static
 
 
 def check_sampling(
@@ -150,6 +98,37 @@ def decode(
             logits = last_logits(model, token[:, None], cache, weights)
 
 
+def new_columns(
+    model: LanguageModel,
+    seq: torch.Tensor,
+    prompt_len: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos_token: int | None,
+    generator: torch.Generator | None,
+    static: bool,
+    check_every: int = STOP_CHECK_EVERY,
+) -> Iterator[torch.Tensor]:
+    """The new columns of seq from the eager loop (`decode`) or the compiled step
+    (`decode_static`, checking for eos every check_every columns)."""
+    if not static:
+        return decode(model, seq, prompt_len, temperature, top_k, top_p, eos_token, generator)
+    sampling = Sampling(temperature, top_k, top_p)
+    return decode_static(model, seq, prompt_len, sampling, eos_token, generator, check_every)
+
+
+def columns_until_finished(new: torch.Tensor, eos_token: int) -> int:
+    """How many of the new columns (B, n) the eager loop yields: up to the first column by
+    which every row has produced eos_token, all n if some row never does.
+
+        >>> columns_until_finished(torch.tensor([[5, 0, 0, 0], [7, 3, 0, 0]]), eos_token=0)
+        3
+    """
+    done = ((new == eos_token).cumsum(dim=1) > 0).all(dim=0)  # (n,): every row finished
+    return int(done.int().argmax()) + 1 if bool(done.any()) else new.size(1)
+
+
 def output_buffer(
     idx: torch.Tensor,
     max_new_tokens: int,
@@ -178,20 +157,25 @@ def generate(
     top_p: float | None = None,
     eos_token: int | None = None,
     generator: torch.Generator | None = None,
+    static: bool = False,
 ) -> torch.Tensor:
     """Continue every row of idx (B, T) by up to max_new_tokens tokens -> (B, T + new).
 
-    temperature 0 is greedy; top_k / top_p restrict sampling (see `sample_next`); several
-    samples of one prompt are rows repeated by the caller. A row that produced eos_token is
-    filled with eos_token from then on, and generation stops early once every row has
-    (so `new` may be less than max_new_tokens).
+    temperature 0 is greedy; top_k / top_p restrict sampling (see gpt.model.decoding's
+    `sampling_distribution`); several samples of one prompt are rows repeated by the caller. A
+    row that produced eos_token is filled with eos_token from then on, and generation stops
+    early once every row has (so `new` may be less than max_new_tokens). static: decode with
+    the compiled step of fixed shapes (gpt/model/static_decode.py; the same greedy tokens, other
+    random draws), a CUDA graph on CUDA.
     """
     seq = output_buffer(idx, max_new_tokens, temperature, top_k, top_p)
     T = idx.size(1)
     if max_new_tokens == 0:
         return seq
-    steps = decode(model, seq, T, temperature, top_k, top_p, eos_token, generator)
+    steps = new_columns(model, seq, T, temperature, top_k, top_p, eos_token, generator, static)
     new = sum(1 for _ in steps)
+    if static and eos_token is not None:  # it checks every few columns: keep the eager loop's
+        new = columns_until_finished(seq[:, T : T + new], eos_token)
     return seq[:, : T + new]
 
 
@@ -206,8 +190,12 @@ def generate_stream(
     top_p: float | None = None,
     eos_token: int | None = None,
     generator: torch.Generator | None = None,
+    static: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Like `generate`, but yield each new token column (B,) as soon as it is sampled."""
+    """Like `generate`, but yield each new token column (B,) as soon as it is sampled (with
+    static and eos_token, the check for every row's end waits for each column, as its reader
+    does)."""
     seq = output_buffer(idx, max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens > 0:
-        yield from decode(model, seq, idx.size(1), temperature, top_k, top_p, eos_token, generator)
+        yield from new_columns(model, seq, idx.size(1), temperature, top_k, top_p, eos_token,
+                          generator, static, check_every=1)  # fmt: skip

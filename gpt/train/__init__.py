@@ -2,6 +2,7 @@
 
 loop.py      the loop, top to bottom: build the run, step, evaluate, save (it only sequences)
 recipe.py    the recipe's arithmetic: accumulation, run length, learning-rate schedules, optimizer
+batch.py     --batch-size auto: the largest micro-batch that fits the device, chosen at the start
 optimizers.py  Muon for the blocks' matrices + AdamW for the rest, stepping as one optimizer
 parallel.py  the only place that knows DDP, FSDP2, torch.compile and autocast
 inputs.py    what a run reads: the data's loaders, the model's shape, HellaSwag's examples

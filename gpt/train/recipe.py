@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from gpt.capability import fast_dtype
 from gpt.cli import UserError
 from gpt.config import TrainConfig
 from gpt.train.optimizers import MuonAdamW, Optimizer, muon_adamw
@@ -38,6 +39,28 @@ def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
             f"world_size = {cfg.batch_size} * {cfg.seq_len} * {world_size} = {per_micro}"
         )
     return cfg.total_batch_size // per_micro
+
+
+def micro_batch_sizes(cfg: TrainConfig, world_size: int) -> list[int]:
+    """The micro-batch sizes (sequences per rank) that split total_batch_size exactly over the
+    ranks, smallest first: the divisors of the rows each rank reads per optimizer step (the
+    candidates of --batch-size auto, gpt/train/batch.py).
+
+    GPT-α's 524,288 tokens of 1,024 on eight GPUs: 64 rows per rank; 12 rows on one:
+
+        >>> micro_batch_sizes(TrainConfig(seq_len=1024, total_batch_size=524288), 8)
+        [1, 2, 4, 8, 16, 32, 64]
+        >>> micro_batch_sizes(TrainConfig(seq_len=1024, total_batch_size=12 * 1024), 1)
+        [1, 2, 3, 4, 6, 12]
+    """
+    per_row = cfg.seq_len * world_size
+    if cfg.total_batch_size % per_row:
+        raise UserError(
+            f"total_batch_size {cfg.total_batch_size} is not a multiple of seq_len * world_size "
+            f"= {cfg.seq_len} * {world_size} = {per_row}, so no micro-batch size splits it"
+        )
+    rows = cfg.total_batch_size // per_row
+    return [size for size in range(1, rows + 1) if rows % size == 0]
 
 
 def default_max_steps(cfg: TrainConfig, train_tokens: int) -> int:
@@ -111,14 +134,15 @@ def configure_optimizer(
 ) -> Optimizer:
     """The run's optimizer (cfg.optimizer): AdamW over every parameter (`adamw_optimizer`), or
     Muon for the blocks' matrices and AdamW for the rest (gpt/train/optimizers.py). Fused AdamW
-    kernels where this PyTorch has them for the device, unless `fused` says otherwise."""
+    kernels where this PyTorch has them for the device, unless `fused` says otherwise; Muon's
+    Newton-Schulz in the device's fast dtype (gpt/capability.py)."""
     if fused is None:
         fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
             "cuda",
             "cpu",
         )
     if cfg.optimizer == "muon":
-        return muon_adamw(model, cfg, fused)
+        return muon_adamw(model, cfg, fused, fast_dtype(device))
     return adamw_optimizer(model, cfg, fused)
 
 
