@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from gpt.capability import describe, dtype_choice
 from gpt.cli import UserError, option, parse_options, run
 from gpt.distributed import resolve_device
 from gpt.fsio import write_json_atomic
@@ -65,7 +66,8 @@ class HellaSwagOptions:
     device: str = "auto"
     """auto (cuda, else mps, else cpu), cpu, cuda:1, ..."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Compute dtype."""
+    """Compute dtype (bfloat16 is emulated, and slow, on CPUs without native bfloat16: the
+    line on stderr says which this is)."""
     output: str | None = None
     """Also write results and per-item predictions to this JSON file."""
 
@@ -101,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(opts.device)
     dtype = DTYPES[opts.dtype]
     lm = load_model(opts.model, device, dtype, any_causal_lm=True)
+    print(f"{describe(device)} -> scoring in {dtype_choice(dtype, device)}", file=sys.stderr)
     score_fn = score_fn_for(lm, opts.seed_method)
     items = encode_examples(examples, lm.encode_batch, lm.max_len, lm.prefix, lm.empty_ctx)
     t0 = time.perf_counter()

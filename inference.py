@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from gpt.capability import describe, dtype_choice, fast_dtype
 from gpt.cli import UserError, parse_options, run
 from gpt.data.tokeniser import Tokeniser, TokeniserOptions, use_gpt2_bpe_dir
 from gpt.distributed import resolve_device
@@ -54,10 +55,11 @@ class InferenceOptions(TokeniserOptions):
     """Seed of the sampling RNG (None: none)."""
     device: str = "auto"
     """cuda, mps, cpu or auto: the first available."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     """Weights, activations and KV cache: bfloat16 halves the memory and the bytes each token
-    reads (faster on GPUs and on CPUs with bfloat16 matrix units; greedy choices may differ
-    where logits nearly tie)."""
+    reads (faster on GPUs and on CPUs with bfloat16 matrix units, emulated and slow on others;
+    greedy choices may differ where logits nearly tie); auto: bfloat16 where the device
+    multiplies it natively, float32 elsewhere."""
     stream: bool = False
     """Print tokens as they come."""
 
@@ -69,6 +71,15 @@ def check(opts: InferenceOptions) -> None:
     if opts.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {opts.top_k}")
     check_sampling(opts.temperature, opts.top_k or None, opts.top_p, opts.max_tokens)
+
+
+def decoding_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype --dtype names ("auto": the device's fast dtype), announced once on stderr with
+    what the device does natively, e.g. "cpu: AMD EPYC, AVX2, no native bfloat16 -> decoding in
+    float32"."""
+    dtype = fast_dtype(device) if name == "auto" else getattr(torch, name)
+    print(f"{describe(device)} -> decoding in {dtype_choice(dtype, device)}", file=sys.stderr)
+    return dtype
 
 
 def prompt_ids(tok: Tokeniser, prompt: str) -> list[int]:
@@ -176,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(opts.device)
     lm = load_model(opts.model, device, tokeniser=opts.tokeniser)
     assert isinstance(lm.model, LanguageModel) and lm.tokeniser is not None  # kind "ours"
-    lm.model.to(getattr(torch, opts.dtype))
+    dtype = decoding_dtype(opts.dtype, device)
+    lm.model.to(dtype)
     if opts.stream:
         print_streamed(lm.model, lm.tokeniser, opts, device)
         return 0

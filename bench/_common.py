@@ -1,4 +1,4 @@
-"""Shared helpers of bench/generate.py and bench/model.py: machine description, timing, tables."""
+"""Shared helpers of the benchmarks: the machine (with the CPU's ISA level), timing, tables."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from gpt.capability import cpu_capability
 
 
 def cpu_model() -> str:
@@ -25,12 +27,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> str:
-    """One line: cores, CPU, GPU, torch threads, versions and date."""
+def cpu() -> str:
+    """The CPU's model and the level PyTorch uses it at, e.g. "AMD EPYC 7B13 (AVX2, no native
+    bfloat16)": figures differ by ISA level, so every table names it (gpt/capability.py)."""
+    native = "native bfloat16" if cpu_capability().native_bfloat16 else "no native bfloat16"
+    return f"{cpu_model()} ({cpu_capability().isa}, {native})"
+
+
+def machine(*libraries: str) -> str:
+    """One line: cores, CPU and its ISA level, load, GPU, torch threads, versions and date."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    versions = ", ".join((f"Python {platform.python_version()}", *libraries))
     return (
-        f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads; {datetime.date.today()}"
+        f"{os.cpu_count()} cores, {cpu()}{load}, {gpu}; torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; {versions}; {datetime.date.today()}"
     )
 
 

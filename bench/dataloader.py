@@ -17,10 +17,7 @@ Target: ours, shuffled >= 10M tokens/s.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
@@ -33,6 +30,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the package, no
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench._common import machine  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.data.loader import DataLoader  # noqa: E402
 from gpt.data.shards import (  # noqa: E402
@@ -137,22 +135,6 @@ def timed_epoch(make: Callable[[], object], n_batches: int) -> float:
     return time.perf_counter() - start
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores{load}, Python {platform.python_version()}, "
-        f"numpy {np.__version__}, torch {torch.__version__}, {datetime.date.today()}"
-    )
-
-
 def count(text: str) -> int:
     scale = {"K": 10**3, "M": 10**6}.get(text[-1:].upper(), 1)
     return int(float(text[:-1] if scale > 1 else text) * scale)
@@ -175,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("all counts must be positive")
     if args.shard_tokens < 4 * B * T:
         raise UserError(f"--shard-tokens must be at least 4 batches ({4 * B * T})")
-    print(f"machine: {machine()}")
+    print("machine: " + machine(f"numpy {np.__version__}"))
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
+from bench._common import machine  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import model_preset  # noqa: E402
 from gpt.distributed import resolve_device  # noqa: E402
@@ -123,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_packed = sum(it.packed_len for it in items)
     print(
         f"{len(items)} items, {args.preset} shape ({model.num_params() / 1e6:.0f}M params), "
-        f"{device.type} ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads), torch {torch.__version__}"
+        f"{device.type}, torch {torch.__version__}"
     )
+    print(f"machine: {machine()}")
     print(f"tokens per item: seed {n_padded / len(items):.0f}, packed {n_packed / len(items):.0f}")
     print("| method | items/pass | items/s | vs seed | max abs diff of log-likelihoods |")
     print("|---|---:|---:|---:|---:|")

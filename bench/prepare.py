@@ -18,9 +18,7 @@ WikiText-2) cut into documents, cycled until --mb megabytes. GPT-2 files: $GPT2_
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -35,7 +33,7 @@ import tiktoken  # noqa: E402
 import tiktoken.load  # noqa: E402
 from tiktoken_ext.openai_public import r50k_pat_str  # noqa: E402
 
-from bench._common import cycle_to  # noqa: E402
+from bench._common import cycle_to, machine  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.data.prepare import prepare_dataset  # noqa: E402
 from gpt.data.shards import load_shard  # noqa: E402
@@ -69,22 +67,6 @@ def gpt2_encoding(bpe_dir: Path) -> tiktoken.Encoding:
     )
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores{load}, Python {platform.python_version()}, "
-        f"tiktoken {tiktoken.__version__}, numpy {np.__version__}, {datetime.date.today()}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/prepare.py",
@@ -108,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = cycle_to(distinct, int(args.mb * 1e6))
     n_bytes = sum(len(d.encode()) for d in docs)
     print(f"text: {len(docs):,} documents, {n_bytes / 1e6:.1f} MB ({len(distinct):,} distinct)")
-    print(f"machine: {machine()}")
+    print("machine: " + machine(f"tiktoken {tiktoken.__version__}", f"numpy {np.__version__}"))
     print(f"workers: {args.workers}, shard size {args.shard_size:,} tokens")
 
     enc = gpt2_encoding(bpe_dir)

@@ -18,10 +18,7 @@ about 11 MB distinct, cycled until --mb megabytes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +31,7 @@ import tiktoken  # noqa: E402
 import tokenizers  # noqa: E402
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
-from bench._common import cycle_to  # noqa: E402
+from bench._common import cycle_to, machine  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.data.bpe import ENDOFTEXT, PATTERNS, bytes_to_unicode  # noqa: E402
 from gpt.data.sources import iter_documents  # noqa: E402
@@ -113,22 +110,6 @@ def interleaved(
     return (ids[0], sum(best[0])), (ids[1], sum(best[1]))
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"tiktoken {tiktoken.__version__}, tokenizers {tokenizers.__version__}, "
-        f"{datetime.date.today()}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/tokeniser.py",
@@ -154,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_bytes = sum(len(d.encode()) for d in docs)
     distinct_mb = sum(len(d.encode()) for d in distinct) / 1e6
     print(f"text: {len(docs)} documents, {n_bytes / 1e6:.1f} MB ({distinct_mb:.1f} MB distinct)")
-    print(f"machine: {machine()}")
+    versions = f"tiktoken {tiktoken.__version__}", f"tokenizers {tokenizers.__version__}"
+    print("machine: " + machine(*versions))
 
     t_peer = t_ours = float("inf")
     for r in range(args.train_rounds):  # who goes first alternates; best time kept

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt.capability import describe, native_bfloat16
 from gpt.checkpoint import save_model_dir
 from gpt.cli import UserError, run
 from gpt.config import GPTConfig
@@ -92,15 +93,9 @@ def test_command_on_checkpoint_and_export(dirs: tuple[Path, Path]) -> None:
         assert result.stdout.count("\nHi") == 2
 
 
-def test_bfloat16_samples_with_bfloat16_weights(
-    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--dtype bfloat16 decodes with the weights (and so the cache) in bfloat16, and prints what
-    the bfloat16 model's greedy samples are."""
-    lm = load_model(str(dirs[0]), torch.device("cpu"))
-    model16 = lm.model.to(torch.bfloat16)
-    [expected] = inference.sample(model16, lm.tokeniser, "Hi", max_tokens=8, num_samples=1,
-                                  temperature=0)  # fmt: skip
+@pytest.fixture
+def sampled_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """The weight dtype of every model inference.sample is called with from here on."""
     seen: list[torch.dtype] = []
     real_sample = inference.sample
 
@@ -109,11 +104,39 @@ def test_bfloat16_samples_with_bfloat16_weights(
         return real_sample(model, *args, **kwargs)
 
     monkeypatch.setattr(inference, "sample", recording_sample)
+    return seen
+
+
+def test_bfloat16_samples_with_bfloat16_weights(
+    dirs: tuple[Path, Path], sampled_dtypes: list[torch.dtype], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dtype bfloat16 decodes with the weights (and so the cache) in bfloat16, and prints what
+    the bfloat16 model's greedy samples are."""
+    lm = load_model(str(dirs[0]), torch.device("cpu"))
+    model16 = lm.model.to(torch.bfloat16)
+    [expected] = inference.sample(model16, lm.tokeniser, "Hi", max_tokens=8, num_samples=1,
+                                  temperature=0)  # fmt: skip
+    sampled_dtypes.clear()
     argv = ["--model", str(dirs[0]), "--prompt", "Hi", "--max-tokens", "8", "--temperature", "0",
             "--num-samples", "1", "--device", "cpu", "--dtype", "bfloat16"]  # fmt: skip
     assert inference.main(argv) == 0
-    assert seen == [torch.bfloat16]
+    assert sampled_dtypes == [torch.bfloat16]
     assert capsys.readouterr().out == f"--- sample 1\n{expected}\n"
+
+
+@pytest.mark.cpu_dependent
+def test_dtype_auto_decodes_in_the_devices_fast_dtype(
+    dirs: tuple[Path, Path], sampled_dtypes: list[torch.dtype], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dtype auto decodes in bfloat16 where the CPU multiplies it natively, float32 elsewhere
+    (the predicate the code asks), and says so in one line on stderr."""
+    cpu = torch.device("cpu")
+    expected = "bfloat16" if native_bfloat16(cpu) else "float32"
+    argv = ["--model", str(dirs[0]), "--prompt", "Hi", "--max-tokens", "2", "--num-samples", "1",
+            "--device", "cpu", "--dtype", "auto"]  # fmt: skip
+    assert inference.main(argv) == 0
+    assert sampled_dtypes == [getattr(torch, expected)]
+    assert capsys.readouterr().err == f"{describe(cpu)} -> decoding in {expected}\n"
 
 
 def test_missing_model_is_one_line_error(tmp_path: Path) -> None:

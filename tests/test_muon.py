@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from gpt import checkpoint as ckpt
+from gpt.capability import describe, native_bfloat16
 from gpt.config import TrainConfig, train_preset
 from gpt.model.gpt2 import GPT
 from gpt.train import recipe, rundir
 from gpt.train import state as train_state
 from gpt.train.loop import train
-from gpt.train.optimizers import MuonAdamW, classify_parameters
+from gpt.train.optimizers import Muon, MuonAdamW, classify_parameters
 from gpt.train.recipe import configure_optimizer, lr_at, set_lr
 from tests.conftest import tiny_run_args
 
@@ -156,27 +157,30 @@ def newton_schulz64(m: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch
     return x.T if tall else x
 
 
-def test_muon_steps_match_a_float64_hand_computation() -> None:
+# Tolerances of Newton-Schulz against float64, from each dtype's unit roundoff u (round to
+# nearest: u = 2^-p for a p-bit significand). Each of the 5 iterations rounds three products
+# (XX^T, bA + cA^2, aX + ...X): 15 roundings that add up, to first order, to 15u of O's Frobenius
+# norm. bfloat16 (p = 8): products accumulate in float32 and only the stored result is rounded,
+# so 15u = 5.9e-2 (measured 1.5e-2 to 2.2e-2 for this shape over five seeds). float32 (p = 24):
+# the sums themselves are rounded too, each of at most n = 64 terms (gamma_n = n u), so
+# 15 n u = 5.7e-5 (measured ~1e-6); the float32 parameter update adds ~u ||W|| / ||lr O|| = 8u.
+NS_TOLERANCE = {torch.bfloat16: 15 * 2.0**-8, torch.float32: 15 * 64 * 2.0**-24}
+
+
+@pytest.mark.parametrize("ns_dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_muon_steps_match_a_float64_hand_computation(ns_dtype: torch.dtype) -> None:
     """Two steps on one tall matrix (64 x 16: transposed for Newton-Schulz, lr scaled by
     sqrt(64 / 16) = 2), the second with a momentum buffer, against Muon's documented update:
     B_t = mu B_{t-1} + g_t, Nesterov U = g_t + mu B_t, O = NS(U),
     W <- W (1 - lr wd) - lr sqrt(max(1, rows / cols)) O.
     (torch keeps B as an average, B_t = mu B_{t-1} + (1 - mu) g_t: a factor 1 - mu on U that
-    NS's normalisation removes.)
-
-    Tolerance: torch's Newton-Schulz casts to bfloat16 on CPU as on GPU (grad.bfloat16() in
-    torch/optim/_muon.py), unit roundoff u = 2^-9. Each of its 5 iterations rounds three
-    products (XX^T, bA + cA^2, aX + ...X) to bfloat16, 15 roundings of relative size <= u that
-    add up, to first order, to 15u = 2.9e-2 of O's Frobenius norm (measured: 1.5e-2 to 2.2e-2
-    for this shape over five seeds). The float32 parameter update adds nothing at that scale.
-    """
+    NS's normalisation removes.) Both Newton-Schulz dtypes, to NS_TOLERANCE."""
     lr, wd, mu = 0.05, 0.1, 0.95
     gen = torch.Generator().manual_seed(0)
     w = nn.Parameter(torch.randn(64, 16, generator=gen) * 0.1)
     grads = [torch.randn(64, 16, generator=gen) for _ in range(2)]
-    opt = torch.optim.Muon([w], lr=lr, weight_decay=wd, momentum=mu, nesterov=True)
+    opt = Muon([w], ns_dtype, lr=lr, weight_decay=wd, momentum=mu, nesterov=True)
     buf = torch.zeros(64, 16, dtype=torch.float64)
-    tolerance = 15 * 2.0**-9
     for g in grads:
         before = w.detach().double().clone()
         w.grad = g.clone()
@@ -185,7 +189,42 @@ def test_muon_steps_match_a_float64_hand_computation() -> None:
         update = newton_schulz64(g.double() + mu * buf)
         expected = before * (1 - lr * wd) - lr * math.sqrt(64 / 16) * update
         step_error = (w.detach().double() - expected).norm() / (lr * 2 * update.norm())
-        assert step_error < tolerance, f"{step_error:.2e}"
+        assert step_error < NS_TOLERANCE[ns_dtype], f"{step_error:.2e}"
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (24, 24)])
+def test_bfloat16_newton_schulz_is_torch_muon_bit_for_bit(
+    shape: tuple[int, int], nesterov: bool
+) -> None:
+    """In bfloat16 our Muon is torch.optim.Muon: three steps give identical parameters and
+    momentum buffers (wide, tall and square; with and without Nesterov)."""
+    gen = torch.Generator().manual_seed(1)
+    start = torch.randn(*shape, generator=gen)
+    grads = [torch.randn(*shape, generator=gen) for _ in range(3)]
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    settings = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov}
+    opts = [
+        Muon([ours], torch.bfloat16, **settings),
+        torch.optim.Muon([theirs], **settings),
+    ]
+    for g in grads:
+        for p, opt in zip((ours, theirs), opts, strict=True):
+            p.grad = g.clone()
+            opt.step()
+    assert torch.equal(ours, theirs)
+    assert torch.equal(
+        opts[0].state[ours]["momentum_buffer"], opts[1].state[theirs]["momentum_buffer"]
+    )
+
+
+@pytest.mark.cpu_dependent
+def test_newton_schulz_runs_in_the_devices_fast_dtype() -> None:
+    """The run's Muon orthogonalises in bfloat16 exactly where the CPU multiplies it natively
+    (gpt.capability, the predicate the code asks), in float32 elsewhere."""
+    opt = configure_optimizer(Untied(), muon_cfg(), CPU)
+    expected = torch.bfloat16 if native_bfloat16(CPU) else torch.float32
+    assert opt.muon.ns_dtype == expected  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -203,6 +242,9 @@ def test_resume_applies_a_new_muon_lr_and_refuses_another_optimizer(
         text=True,
     )
     assert done.returncode == 0, done.stderr
+    ns = "bfloat16" if native_bfloat16(CPU) else "float32"  # the header names the choice once
+    header = f"{describe(CPU)} -> autocast float32, Newton-Schulz in {ns}"
+    assert done.stdout.splitlines().count(header) == 1, done.stdout
     resume = [sys.executable, str(ROOT / "train.py"), "--out", "runs/t", "--resume"]
     more = ["--muon-lr", "0.01", "--max-steps", "8"]
     resumed = subprocess.run(resume + more, cwd=tmp_path, env=ENV, capture_output=True, text=True)

@@ -11,9 +11,12 @@ against F.linear on the (out, in) parameters, the copies' cost included:
     4 or more       oneDNN's packed (blocked) copies of every weight
                     (`torch.ops.mkldnn._reorder_linear_weight`, applied with `_linear_pointwise`):
                     1.14x at batch 4, 1.09x at 8
-A bfloat16 model (inference.py --dtype bfloat16) is packed at every batch size: against what
-float32 does at 1 and 2 (an input-major lm_head; the layers as they are), 1.40x at batch 1 and
-1.41x at 2 (same model and machine, whose oneDNN multiplies bfloat16 with AMX).
+A bfloat16 model (inference.py --dtype bfloat16) is packed at every batch size on a CPU that
+multiplies bfloat16 natively (gpt/capability.py): against what float32 does at 1 and 2 (an
+input-major lm_head; the layers as they are), 1.40x at batch 1 and 1.41x at 2 (same model and
+machine, whose oneDNN multiplies bfloat16 with AMX). On a CPU that would emulate bfloat16 (AVX2
+only) oneDNN cannot pack it: its layers are used as they are (inference.py warns that float32
+is faster there).
 GPUs and autocast (which the copies would ignore) use the parameters as they are.
 
 How the copies reach the blocks: `LanguageModel.hidden` takes a `linear` argument, the function
@@ -32,11 +35,22 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gpt.capability import cpu_capability
 from gpt.model.base import LanguageModel
 
-PACK_FROM_BATCH = {torch.float32: 4, torch.bfloat16: 1}
-"""The smallest batch decoded through packed copies, by weight dtype (see the module
-docstring); other dtypes are not packed."""
+FLOAT32_PACK_FROM = 4
+"""The smallest batch of float32 sequences decoded through packed copies (module docstring)."""
+
+
+def pack_from(dtype: torch.dtype) -> int | None:
+    """The smallest batch decoded through packed copies of `dtype` weights on this CPU, or None
+    where they are not packed: float32 from FLOAT32_PACK_FROM, bfloat16 from 1 where the CPU
+    multiplies it natively, nothing else (float64 and float16 oneDNN cannot pack)."""
+    if dtype == torch.float32:
+        return FLOAT32_PACK_FROM
+    if dtype == torch.bfloat16 and cpu_capability().native_bfloat16:
+        return 1
+    return None
 
 
 def packing_available() -> bool:
@@ -110,18 +124,15 @@ def packed(model: LanguageModel, batch_size: int) -> DecodingWeights:
 
 def decoding_weights(model: LanguageModel, batch_size: int) -> DecodingWeights:
     """The weights for decoding batch_size sequences with model: on CPU without autocast (which
-    the copies would ignore), packed copies from the dtype's PACK_FROM_BATCH on and an
+    the copies would ignore), packed copies from the dtype's `pack_from` batch on and an
     input-major lm_head for one float32 sequence; the model's own layers otherwise (float64,
     which oneDNN cannot pack, and GPUs)."""
     weight = model.lm_head.weight
     if weight.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return DecodingWeights({}, model.logits)
-    pack_from = PACK_FROM_BATCH.get(weight.dtype)
-    if pack_from is not None and batch_size >= pack_from and packing_available():
-        try:
-            return packed(model, batch_size)
-        except RuntimeError:  # oneDNN could not pack this dtype on this CPU
-            pass
+    smallest = pack_from(weight.dtype)
+    if smallest is not None and batch_size >= smallest and packing_available():
+        return packed(model, batch_size)
     if batch_size == 1 and weight.dtype == torch.float32:
         return DecodingWeights({}, InputMajorLinear(model.real_vocab_rows()))
     return DecodingWeights({}, model.logits)

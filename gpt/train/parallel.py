@@ -35,6 +35,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from gpt.capability import native_bfloat16
 from gpt.checkpoint import CheckpointError, load_weights, model_state_for_saving
 from gpt.cli import UserError
 from gpt.config import GPTConfig, TrainConfig
@@ -49,9 +50,12 @@ OptimizerState = dict[str, Any]
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
-    """bfloat16 on CUDA and float32 elsewhere by default, or as asked."""
+    """By default bfloat16 on a GPU that multiplies it natively (Ampere and newer) and float32
+    elsewhere, or as asked. CPUs train in float32 even where they multiply bfloat16 natively: a
+    CPU run is a demo or a test, whose losses should not depend on the machine it ran on."""
     if cfg.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native = device.type == "cuda" and native_bfloat16(device)
+        return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
 
