@@ -218,12 +218,26 @@ def report(curves: list[Curve], summary: dict[str, float | None], args: argparse
     print(f"plot: {args.png}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/recipes"), help="run directories")
+def demo_data_arguments(parser: argparse.ArgumentParser, out: str, png: str) -> None:
+    """--out, --data, --tokeniser, --png and --smoke of a benchmark that trains on the demo's
+    data (`demo_data_paths` settles them once parsed)."""
+    parser.add_argument("--out", type=Path, default=Path(out), help="run directories, results")
     parser.add_argument("--data", type=Path, default=Path("cache/demo/data"))
     parser.add_argument("--tokeniser", type=Path, default=Path("cache/demo/tokeniser.tkn"))
-    parser.add_argument("--png", type=Path, default=None, help="default OUT/recipes.png")
+    parser.add_argument("--png", type=Path, default=None, help=f"default OUT/{png}")
+    parser.add_argument("--smoke", action="store_true", help="tiny presets, a few steps")
+
+
+def demo_data_paths(args: argparse.Namespace, png: str) -> None:
+    """--smoke prepares its own small corpus under OUT; the picture defaults to OUT/png."""
+    if args.smoke:
+        args.data, args.tokeniser = args.out / "data", args.out / "tokeniser.tkn"
+    args.png = args.png or args.out / png
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    demo_data_arguments(parser, "runs/recipes", "recipes.png")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between evaluations")
     parser.add_argument(
         "--gpt2-lrs",
@@ -231,12 +245,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[5e-4, 2e-3],
         help="GPT-2 peak rates besides the demo preset's (comma-separated)",
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny presets, a few steps")
     args = parser.parse_args(argv)
+    demo_data_paths(args, "recipes.png")
     if args.smoke:
-        args.data, args.tokeniser = args.out / "data", args.out / "tokeniser.tkn"
         args.eval_every = 2
-    args.png = args.png or args.out / "recipes.png"
     return args
 
 

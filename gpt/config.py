@@ -303,6 +303,16 @@ class TrainConfig:
     model: str = "gpt2"
     """Model preset (gpt2[-medium|-large|-xl], demo, tiny, modern[-medium|-large|-xl|-demo|-tiny]);
     vocab from the data."""
+    n_layer: int | None = None
+    """Transformer blocks (default: the model preset's)."""
+    n_embd: int | None = None
+    """Width of the residual stream (default: the model preset's)."""
+    n_head: int | None = None
+    """Attention heads per block; must divide the width (default: the model preset's)."""
+    n_kv_head: int | None = None
+    """Key/value heads of the modern family; must divide --n-head (default: the preset's)."""
+    ffn_size: int | None = None
+    """Width of the modern family's SwiGLU MLP (default: the preset's, 8/3 of the width)."""
     pad_vocab_multiple: int = 128
     """Pad the embedding table to a multiple of this (50,257 -> 50,304 with 128)."""
     device: str = "auto"
@@ -360,6 +370,9 @@ class TrainConfig:
     """Peak AdamW learning rate of the embedding tables with --optimizer muon (default max_lr)."""
     head_lr: float | None = None
     """Peak AdamW learning rate of an untied lm_head with --optimizer muon (default max_lr)."""
+    base_width: int | None = None
+    """Width at which --optimizer muon's rates were tuned: at another width the head's rate
+    scales by base_width / width (gpt/train/recipe.py, `peak_rates`); default: rates as given."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables clipping)."""
     seed: int = 1337
@@ -424,6 +437,17 @@ class TrainConfig:
                 raise UserError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
+        check_shape(self)
+
+    def shape_overrides(self) -> dict[str, int]:
+        """The model-shape settings given (--n-layer, ...), as GPTConfig overrides."""
+        values = {name: getattr(self, name) for name in SHAPE_FLAGS}
+        return {name: value for name, value in values.items() if value is not None}
+
+    @property
+    def width(self) -> int:
+        """The model's width: --n-embd, or the model preset's."""
+        return self.n_embd or MODEL_PRESETS[self.model].n_embd
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -441,6 +465,11 @@ class TrainConfig:
 
 # The range of each numeric TrainConfig setting (every int and float field), in field order.
 TRAIN_RANGES: dict[str, Range] = {
+    "n_layer": AT_LEAST_1,
+    "n_embd": AT_LEAST_1,
+    "n_head": AT_LEAST_1,
+    "n_kv_head": AT_LEAST_1,
+    "ffn_size": AT_LEAST_1,
     "pad_vocab_multiple": AT_LEAST_1,
     "batch_size": Range(low=1, words=(AUTO_BATCH,)),
     "seq_len": AT_LEAST_1,
@@ -460,6 +489,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "muon_weight_decay": NON_NEGATIVE,
     "embed_lr": POSITIVE,
     "head_lr": POSITIVE,
+    "base_width": AT_LEAST_1,
     "grad_clip": NON_NEGATIVE,
     "seed": SEED,
     "eval_every": AT_LEAST_1,
@@ -475,6 +505,47 @@ TRAIN_RANGES: dict[str, Range] = {
     "log_every": AT_LEAST_1,
     "peak_flops": POSITIVE,
 }
+
+
+def check_shape(cfg: TrainConfig) -> None:
+    """Refuse a model shape that does not fit together, naming the flags (or the preset) each
+    number came from: the width split into whole heads, query heads into whole key/value
+    groups, an even head size for the modern family's rotary pairs, and no modern-only field on
+    GPT-2 (whose shape is OpenAI's).
+
+        >>> check_shape(TrainConfig(model="modern", n_embd=512, n_head=5))
+        Traceback (most recent call last):
+        gpt.cli.UserError: --n-embd 512 must be divisible by --n-head 5
+    """
+    preset = MODEL_PRESETS[cfg.model]
+
+    def said(name: str) -> str:
+        value = getattr(cfg, name)
+        if value is None:
+            return f"{name} {getattr(preset, name)} (from --model {cfg.model})"
+        return f"{flag_name(name)} {value}"
+
+    shape = {name: getattr(preset, name) for name in SHAPE_FLAGS} | cfg.shape_overrides()
+    if preset.arch == "gpt2":
+        modern_only = [
+            flag_name(n) for n in ("n_kv_head", "ffn_size") if n in cfg.shape_overrides()
+        ]
+        if modern_only:
+            raise UserError(
+                f"{', '.join(modern_only)}: only for the modern family (--model {cfg.model} is "
+                "GPT-2, whose MLP and heads are fixed)"
+            )
+    kv_heads = shape["n_kv_head"] or shape["n_head"]
+    if preset.head_size is None and shape["n_embd"] % shape["n_head"]:
+        raise UserError(f"{said('n_embd')} must be divisible by {said('n_head')}")
+    if shape["n_head"] % kv_heads:
+        raise UserError(f"{said('n_head')} must be a multiple of {said('n_kv_head')}")
+    head_size = preset.head_size or shape["n_embd"] // shape["n_head"]
+    if preset.arch == "qwen3" and head_size % 2:
+        raise UserError(
+            f"{said('n_embd')} / {said('n_head')} = {head_size}: the head size must be even "
+            "(rotary position embeddings turn pairs of dimensions)"
+        )
 
 
 def checked_types(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -500,6 +571,8 @@ def _type_name(types: tuple[Any, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
+SHAPE_FLAGS = ("n_layer", "n_embd", "n_head", "n_kv_head", "ffn_size")
+"""The model-shape settings of TrainConfig: each overrides the model preset's field."""
 DTYPES = ("auto", "bfloat16", "float32")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -559,6 +632,8 @@ TINY: dict[str, Any] = {
 # recipe"): Muon 0.01 to 0.04 within 0.02 nats of each other; one AdamW rate for all its groups
 # best at 3e-2 (1e-3: 4.20, 1e-2: 3.97, 3e-2: 3.93, 1e-1: 3.96); then the embedding at 1e-1
 # with the head and gains at 3e-2: 3.83. A cosine schedule instead measured the same (3.831).
+# They are rates at width 256 (base_width): at another width the head's scales by 256 / width
+# (gpt/train/recipe.py, `peak_rates`; bench/transfer.py measured it from 128 to 768 wide).
 MODERN_RECIPE: dict[str, Any] = {
     "optimizer": "muon",
     "schedule": "wsd",
@@ -568,6 +643,7 @@ MODERN_RECIPE: dict[str, Any] = {
     "embed_lr": 1e-1,
     "head_lr": 3e-2,
     "weight_decay": 0.0,
+    "base_width": 256,
 }
 
 # Recipes: overrides of TrainConfig's defaults (which are the `gpt2` recipe itself).
@@ -620,6 +696,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 RESUME_FIXED = (
     "data",
     "model",
+    *SHAPE_FLAGS,
     "pad_vocab_multiple",
     "batch_size",
     "seq_len",
@@ -630,6 +707,7 @@ RESUME_FIXED = (
 # What each RESUME_FIXED setting (default: the data order) fixes, for the refusal's words.
 FIXES = {
     "model": "the model",
+    **dict.fromkeys(SHAPE_FLAGS, "the model"),
     "pad_vocab_multiple": "the model",
     "optimizer": "the optimizer state",
 }

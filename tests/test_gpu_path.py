@@ -28,7 +28,7 @@ from gpt.config import GPTConfig, TrainConfig
 from gpt.hellaswag import score as hs
 from gpt.model.generate import generate
 from gpt.model.gpt2 import GPT
-from gpt.train import optimizers, parallel
+from gpt.train import mfu, optimizers, parallel
 from gpt.train.loop import train
 from gpt.train.mfu import gpu_peak_flops
 from gpt.train.recipe import configure_optimizer
@@ -198,6 +198,27 @@ DEVICE_NAMES = [
 def test_mfu_peak_of_real_device_names(name: str, bf16: float, tf32: float) -> None:
     assert gpu_peak_flops(name, torch.bfloat16) == bf16
     assert gpu_peak_flops(name, torch.float32) == tf32
+
+
+def test_the_cpu_peak_is_measured_once_a_process_and_only_rises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second run in one process (a sweep, a test) reuses the first run's measurement; each
+    evaluation's remeasurement keeps the fastest rate seen."""
+    rates = iter([5e10, 4e10, 7e10])
+    calls: list[float] = []
+
+    def measure(device: torch.device, seconds: float) -> float:
+        calls.append(seconds)
+        return next(rates)
+
+    monkeypatch.setattr(mfu, "measure_matmul_flops", measure)
+    monkeypatch.setattr(mfu, "_cpu_peak", [])
+    assert mfu.cpu_peak_flops(seconds=0) == 5e10  # the first run measures
+    assert mfu.cpu_peak_flops(seconds=0) == 5e10  # the next one does not
+    assert mfu.cpu_peak_flops(seconds=0.1) == 5e10  # a slower remeasurement is not kept
+    assert mfu.cpu_peak_flops(seconds=0.1) == 7e10
+    assert calls == [0.5, 0.1, 0.1]
 
 
 @pytest.mark.parametrize("name", ["NVIDIA B200", "AMD Instinct MI300X", "NVIDIA GeForce GTX 1080"])

@@ -36,9 +36,13 @@ def check_tokeniser(cfg: TrainConfig, manifest: dict[str, Any]) -> Tokeniser:
 
 
 def model_shape(cfg: TrainConfig, manifest: dict[str, Any]) -> GPTConfig:
-    """The --model preset sized for the data's vocabulary; seq_len must fit its context."""
+    """The --model preset with the shape flags given (--n-layer, ...), sized for the data's
+    vocabulary; seq_len must fit its context."""
     config = model_preset(
-        cfg.model, vocab_size=manifest["vocab_size"], pad_vocab_multiple=cfg.pad_vocab_multiple
+        cfg.model,
+        **cfg.shape_overrides(),
+        vocab_size=manifest["vocab_size"],
+        pad_vocab_multiple=cfg.pad_vocab_multiple,
     )
     if cfg.seq_len > config.block_size:
         raise UserError(

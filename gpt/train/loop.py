@@ -54,6 +54,7 @@ from gpt.train.recipe import (
     default_max_steps,
     grad_accum_steps,
     lr_at,
+    rates_line,
     set_lr,
 )
 from gpt.train.state import (
@@ -242,6 +243,8 @@ def write_run_config(run: Run, manifest: dict[str, Any]) -> None:
         f"{run.cfg.total_batch_size:,} tokens (grad accum {run.accum})"
     )
     run.log.print(numerics_line(run))
+    if isinstance(run.optimizer, MuonAdamW):
+        run.log.print(rates_line(run.cfg))
 
 
 def numerics_line(run: Run) -> str:

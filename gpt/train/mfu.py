@@ -3,7 +3,8 @@
 MFU = flops_per_token x tokens/s / (peak x world_size), with flops_per_token the model's
 training FLOPs per token (6N + 12·L·C·T, GPT.flops_per_token) and peak one device's FLOP/s:
 --peak-flops if given, else the datasheet figure of a known GPU (`GPU_PEAK_FLOPS`: dense bf16,
-or TF32 for float32 runs), else on CPU the fastest float32 matmul measured during the run.
+or TF32 for float32 runs), else on CPU the fastest float32 matmul measured during the run (and
+by earlier runs of the same process).
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ def measure_matmul_flops(
     return 2 * n**3 / best
 
 
+_cpu_peak: list[float] = []
+"""The fastest CPU matmul rate this process has measured (at most one entry): a second run in
+the same process (a sweep, a test) starts from it instead of measuring again."""
+
+
+def cpu_peak_flops(seconds: float) -> float:
+    """The CPU's practical peak: the fastest matmul this process has measured, after measuring
+    for `seconds` more (the first call always measures)."""
+    if seconds > 0 or not _cpu_peak:
+        rate = measure_matmul_flops(torch.device("cpu"), seconds=seconds or 0.5)
+        _cpu_peak[:] = [max([rate, *_cpu_peak])]
+    return _cpu_peak[0]
+
+
 def gpu_peak_flops(name: str, dtype: torch.dtype) -> float | None:
     """The datasheet peak of the GPU called `name` (torch.cuda.get_device_name) for autocast
     `dtype`: dense bf16 (fp16 on cards without bf16), or TF32 for float32 runs; None if unknown.
@@ -98,7 +113,7 @@ def peak_flops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> fl
             )
         return peak
     if device.type == "cpu":
-        return measure_matmul_flops(device)
+        return cpu_peak_flops(seconds=0)
     return None
 
 
@@ -138,4 +153,4 @@ class MFU:
         """On CPU, keep the best matmul rate seen so far as the peak: other processes sharing the
         cores make any single measurement low (and MFU too high)."""
         if self.measured and self.peak is not None:
-            self.peak = max(self.peak, measure_matmul_flops(self.device, seconds=0.2))
+            self.peak = max(self.peak, cpu_peak_flops(seconds=0.1))

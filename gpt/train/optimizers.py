@@ -13,7 +13,8 @@ transformer blocks) and `model.lm_head`:
                  an embedding's tensor (tied)
     gains        everything else (norm gains, biases)   AdamW (max_lr, no decay)
 
-Every group is named and carries its peak learning rate (`peak_lr`): the schedule scales each
+Every group is named and carries its peak learning rate (`peak_lr`: the flags' rates adjusted to
+the model's width by the recipe's rule, gpt/train/recipe.py `peak_rates`): the schedule scales each
 peak by the same factor at every step (recipe.set_lr). Muon orthogonalises a whole matrix at
 every step (Newton-Schulz): with DDP every rank holds whole matrices; under FSDP2 it runs on the
 sharded DTensors, whose products gather what they need, so each matrix is still orthogonalised
@@ -63,26 +64,19 @@ def classify_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return kinds
 
 
-def group_settings(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each named group's settings: its peak learning rate and its optimizer's hyperparameters."""
+def group_settings(cfg: TrainConfig, peaks: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each named group's settings: its peak learning rate (from `peaks`, by group name: the
+    recipe's width rule, gpt/train/recipe.py) and its optimizer's hyperparameters."""
     adamw = {"betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
     return {
         "matrices": {
-            "peak_lr": cfg.muon_lr,
+            "peak_lr": peaks["matrices"],
             "momentum": cfg.muon_momentum,
             "weight_decay": cfg.muon_weight_decay,
         },
-        "embeddings": {
-            "peak_lr": cfg.max_lr if cfg.embed_lr is None else cfg.embed_lr,
-            "weight_decay": cfg.weight_decay,
-            **adamw,
-        },
-        "head": {
-            "peak_lr": cfg.max_lr if cfg.head_lr is None else cfg.head_lr,
-            "weight_decay": cfg.weight_decay,
-            **adamw,
-        },
-        "gains": {"peak_lr": cfg.max_lr, "weight_decay": 0.0, **adamw},
+        "embeddings": {"peak_lr": peaks["embeddings"], "weight_decay": cfg.weight_decay, **adamw},
+        "head": {"peak_lr": peaks["head"], "weight_decay": cfg.weight_decay, **adamw},
+        "gains": {"peak_lr": peaks["gains"], "weight_decay": 0.0, **adamw},
     }
 
 
@@ -176,9 +170,9 @@ class MuonAdamW:
         self.muon.load_state_dict(state["muon"])
         self.adamw.load_state_dict(state["adamw"])
 
-    def apply_settings(self, cfg: TrainConfig) -> None:
+    def apply_settings(self, cfg: TrainConfig, peaks: dict[str, float]) -> None:
         """The run's settings on every named group (a loaded state carries the saved ones)."""
-        settings = group_settings(cfg)
+        settings = group_settings(cfg, peaks)
         for group in self.param_groups:
             group.update(settings[group["name"]])
 
@@ -194,12 +188,19 @@ def torch_optimizers(optimizer: Optimizer) -> list[torch.optim.Optimizer]:
     return [optimizer]
 
 
-def muon_adamw(model: nn.Module, cfg: TrainConfig, fused: bool, ns_dtype: torch.dtype) -> MuonAdamW:
+def muon_adamw(
+    model: nn.Module,
+    cfg: TrainConfig,
+    peaks: dict[str, float],
+    fused: bool,
+    ns_dtype: torch.dtype,
+) -> MuonAdamW:
     """Muon over the blocks' matrices (Nesterov, torch's default adjust_lr_fn: the update is
     scaled by sqrt(max(1, rows / cols)); Newton-Schulz in `ns_dtype`) and AdamW over the other
-    kinds; empty kinds (the head of a tied model) get no group."""
+    kinds, each group at its peak rate in `peaks`; empty kinds (the head of a tied model) get
+    no group."""
     kinds = classify_parameters(model)
-    settings = group_settings(cfg)
+    settings = group_settings(cfg, peaks)
 
     def groups(names: tuple[str, ...]) -> list[dict[str, Any]]:
         return [
@@ -208,7 +209,7 @@ def muon_adamw(model: nn.Module, cfg: TrainConfig, fused: bool, ns_dtype: torch.
             if kinds[n]
         ]
 
-    muon = Muon(groups(MUON_GROUPS), ns_dtype, lr=cfg.muon_lr, nesterov=True)
+    muon = Muon(groups(MUON_GROUPS), ns_dtype, lr=peaks["matrices"], nesterov=True)
     adamw = torch.optim.AdamW(
         groups(ADAMW_GROUPS),
         lr=cfg.max_lr,

@@ -6,7 +6,34 @@ batch_size x seq_len tokens on each of world_size ranks. The learning rate warms
 warmup_steps, then either decays along a cosine to min_lr_ratio x its peak at max_steps (cosine)
 or stays at the peak and decays linearly over the last decay_frac of the run (wsd); it stays flat
 after max_steps. Every parameter group follows the schedule from its own peak: max_lr for AdamW's
-groups, muon_lr etc. for --optimizer muon (gpt/train/optimizers.py).
+groups, muon_lr etc. for --optimizer muon (gpt/train/optimizers.py), adjusted to the model's width
+by the rule below (`peak_rates`).
+
+The width rule of --optimizer muon (rates stated at --base-width, used at any width)
+-------------------------------------------------------------------------------------
+The modern recipe's rates were tuned 256 wide; the `modern` preset is 768 wide. Which rates may
+stay and which must move follows from how much one step changes a layer's output at width n, in
+the spirit of muP (Yang & Hu, "Tensor Programs V", 2022, table 3 for Adam) and of the spectral
+condition (Yang, Simon & Bernstein, "A spectral condition for feature learning", 2023): a rate
+transfers when the change it makes to each coordinate of the layer's output does not grow or
+shrink with n. The blocks read the residual stream through RMSNorm, so their inputs have entries
+of size one whatever n.
+
+- matrices (Muon): the update is orthogonalised, so its spectral norm is lr (times torch's
+  sqrt(max(1, rows/cols)), Keller Jordan's factor, which depends on the aspect ratio alone and
+  every block matrix keeps its aspect ratio as the model widens). A matrix of spectral norm lr
+  moves an input of entries ~1 by entries ~lr: width-free. Rate kept.
+- embeddings (AdamW): Adam moves each entry of the looked-up row by ~lr; the row is the
+  residual stream's entries themselves. Width-free (muP's input weights). Rate kept.
+- gains (AdamW, the norms' weights): each scales one coordinate, moved by ~lr. Rate kept.
+- head (AdamW): a logit sums n products of the final normalised state (entries ~1) with the
+  head's row. Adam's step is aligned with that state (the gradient is an outer product with it),
+  so the n terms add up coherently: a logit moves by ~lr x n. Rate x base_width / n (muP's output
+  weights; the head starts at zero, so no initial scale needs the matching 1/n).
+
+So one rule, `head rate x base_width / width`, and the preset's numbers are rates at base_width.
+nanochat scales its AdamW rates (embedding and head) by (width/768)^-0.5 instead; the sweep of
+bench/transfer.py (BENCHMARKS.md, "Rates that hold") measured which holds here.
 """
 
 from __future__ import annotations
@@ -129,6 +156,51 @@ def wsd_lr(step: int, cfg: TrainConfig, max_steps: int, peak: float) -> float:
     return min_lr + (peak - min_lr) * left / decay_steps
 
 
+def peak_rates(cfg: TrainConfig) -> dict[str, float]:
+    """The peak rate of each named group of --optimizer muon (gpt/train/optimizers.py) at the
+    model's width: the flags' rates (embed_lr and head_lr default to max_lr), with the head's
+    scaled by base_width / width when base_width is set (the rule in the module docstring).
+
+    The modern recipe's rates, stated at width 256, for the 768-wide `modern` preset: the head's
+    3e-2 becomes 1e-2, the rest stay:
+
+        >>> cfg = TrainConfig(model="modern", optimizer="muon", muon_lr=0.02, max_lr=3e-2,
+        ...                   embed_lr=0.1, head_lr=3e-2, base_width=256)
+        >>> {name: round(rate, 6) for name, rate in peak_rates(cfg).items()}
+        {'matrices': 0.02, 'embeddings': 0.1, 'head': 0.01, 'gains': 0.03}
+
+    Half the base width doubles it; without base_width the rates are used as given:
+
+        >>> import dataclasses
+        >>> peak_rates(dataclasses.replace(cfg, n_embd=128, n_head=2))["head"]
+        0.06
+        >>> peak_rates(dataclasses.replace(cfg, base_width=None))["head"]
+        0.03
+    """
+    head = cfg.max_lr if cfg.head_lr is None else cfg.head_lr
+    if cfg.base_width is not None:
+        head *= cfg.base_width / cfg.width
+    return {
+        "matrices": cfg.muon_lr,
+        "embeddings": cfg.max_lr if cfg.embed_lr is None else cfg.embed_lr,
+        "head": head,
+        "gains": cfg.max_lr,
+    }
+
+
+def rates_line(cfg: TrainConfig) -> str:
+    """The header's line of each group's effective peak rate, e.g. "rates at width 768 (stated
+    at 256): matrices 0.02 (Muon), embeddings 0.1, head 0.01 (x 256/768), gains 0.03"."""
+    stated = "" if cfg.base_width is None else f" (stated at {cfg.base_width})"
+    parts = []
+    for name, rate in peak_rates(cfg).items():
+        note = " (Muon)" if name == "matrices" else ""
+        if name == "head" and cfg.base_width not in (None, cfg.width):
+            note = f" (x {cfg.base_width}/{cfg.width})"
+        parts.append(f"{name} {rate:.3g}{note}")
+    return f"rates at width {cfg.width}{stated}: {', '.join(parts)}"
+
+
 def configure_optimizer(
     model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None
 ) -> Optimizer:
@@ -142,7 +214,7 @@ def configure_optimizer(
             "cpu",
         )
     if cfg.optimizer == "muon":
-        return muon_adamw(model, cfg, fused, fast_dtype(device))
+        return muon_adamw(model, cfg, peak_rates(cfg), fused, fast_dtype(device))
     return adamw_optimizer(model, cfg, fused)
 
 
@@ -164,7 +236,7 @@ def apply_optimizer_settings(optimizer: Optimizer, cfg: TrainConfig) -> None:
     uses its own settings (the learning rate is set at every step). A plain AdamW's groups are
     `adamw_optimizer`'s: decayed, then not; MuonAdamW's are named (see there)."""
     if isinstance(optimizer, MuonAdamW):
-        optimizer.apply_settings(cfg)
+        optimizer.apply_settings(cfg, peak_rates(cfg))
         return
     for group, weight_decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0), strict=True):
         group["betas"] = (cfg.beta1, cfg.beta2)
