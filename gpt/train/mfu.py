@@ -70,18 +70,25 @@ def measure_matmul_flops(
     return 2 * n**3 / best
 
 
-_cpu_peak: list[float] = []
-"""The fastest CPU matmul rate this process has measured (at most one entry): a second run in
-the same process (a sweep, a test) starts from it instead of measuring again."""
+REFINE_EVERY = 60.0
+"""Seconds between two refinements of the CPU's peak (a short run, as in the tests, evaluates
+every few seconds; a refinement costs 0.1 s)."""
+
+_cpu_peak: dict[str, float] = {}
+"""The fastest CPU matmul rate this process has measured ("rate") and when it last measured
+("at", time.monotonic): a second run in the same process (a sweep, a test) starts from it."""
 
 
-def cpu_peak_flops(seconds: float) -> float:
-    """The CPU's practical peak: the fastest matmul this process has measured, after measuring
-    for `seconds` more (the first call always measures)."""
-    if seconds > 0 or not _cpu_peak:
-        rate = measure_matmul_flops(torch.device("cpu"), seconds=seconds or 0.5)
-        _cpu_peak[:] = [max([rate, *_cpu_peak])]
-    return _cpu_peak[0]
+def cpu_peak_flops(refine: bool) -> float:
+    """The CPU's practical peak: the fastest matmul this process has measured (0.5 s of them the
+    first time), after 0.1 s more when `refine` and the last measurement is over REFINE_EVERY
+    seconds old."""
+    stale = time.monotonic() - _cpu_peak.get("at", -math.inf) > REFINE_EVERY
+    if "rate" not in _cpu_peak or (refine and stale):
+        seconds = 0.1 if "rate" in _cpu_peak else 0.5
+        rate = measure_matmul_flops(torch.device("cpu"), seconds=seconds)
+        _cpu_peak.update(rate=max(rate, _cpu_peak.get("rate", 0.0)), at=time.monotonic())
+    return _cpu_peak["rate"]
 
 
 def gpu_peak_flops(name: str, dtype: torch.dtype) -> float | None:
@@ -113,7 +120,7 @@ def peak_flops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> fl
             )
         return peak
     if device.type == "cpu":
-        return cpu_peak_flops(seconds=0)
+        return cpu_peak_flops(refine=False)
     return None
 
 
@@ -150,7 +157,8 @@ class MFU:
         return self.flops_per_token * tokens_per_second / (self.peak * self.world_size)
 
     def remeasure(self) -> None:
-        """On CPU, keep the best matmul rate seen so far as the peak: other processes sharing the
-        cores make any single measurement low (and MFU too high)."""
+        """On CPU, keep the best matmul rate seen so far as the peak (measured again at most once
+        every REFINE_EVERY seconds): other processes sharing the cores make any single
+        measurement low (and MFU too high)."""
         if self.measured and self.peak is not None:
-            self.peak = max(self.peak, cpu_peak_flops(seconds=0.1))
+            self.peak = max(self.peak, cpu_peak_flops(refine=True))
