@@ -33,7 +33,7 @@ of size one whatever n.
 
 So one rule, `head rate x base_width / width`, and the preset's numbers are rates at base_width.
 nanochat scales its AdamW rates (embedding and head) by (width/768)^-0.5 instead; the sweep of
-bench/transfer.py (BENCHMARKS.md, "Rates that hold") measured which holds here.
+bench/transfer.py (BENCHMARKS.md, "Rates across widths") measured which holds here.
 """
 
 from __future__ import annotations
