@@ -1,10 +1,11 @@
 """GPT-2's recipe against the modern one at demo scale: validation loss per token and per second.
 
-    python bench/recipes.py                 # ~25 minutes on 2 cores: 4 runs of 800 steps
+    python bench/recipes.py                 # ~20 minutes on 2 cores: 4 runs of 640-800 steps
     python bench/recipes.py --smoke         # seconds: the tiny presets on a small corpus (tests)
 
 Trains, on the CPU demo's data (the python-docs corpus, its 4,096-token tokeniser; prepared into
-cache/demo as `python train.py --preset demo` does) and the same token budget:
+cache/demo as `python train.py --preset demo` does), each preset for its own steps of 1,024
+tokens (GPT-2's 800; the modern recipe's 640, see `modern-demo` in gpt/config.py):
     gpt2 @ LR    the `demo` preset (GPT-2, AdamW, cosine) at its peak rate (1e-3) and at half
                  and twice that, so that the comparison is against the best GPT-2 run, not one
                  untuned rate

@@ -1,6 +1,6 @@
 """Do the modern recipe's rates hold across widths? muP's sweep, on the CPU demo's data.
 
-    python bench/transfer.py                # ~2 hours on 2 cores (two runs at a time)
+    python bench/transfer.py                # ~3.5 hours on 2 cores (two runs at a time)
     python bench/transfer.py --smoke        # seconds: tiny widths, a few steps (tests)
 
 The modern recipe's rates were tuned 256 wide (`modern-demo`); the `modern` preset is 768 wide.
@@ -16,9 +16,10 @@ under two parametrisations:
                x 256 / width), the numbers being rates at width 256
 for widths 128, 256 and 512 (4 layers, 64-wide heads). At 256 the two are the same runs. The
 muon family's multipliers under `constant` are run at 128 only: both parametrisations give the
-matrices the same rate, and Muon at 512 is most of the sweep's cost. Then two checks under the
-rule: 768 wide (GPT-2 small's width), every rate x 1/2, 1 and 2; and depth, the whole sweep at
-width 256 with 8 layers against 4.
+matrices the same rate, and Muon at 512 is most of the sweep's cost. Then three checks under
+the rule: 768 wide (GPT-2 small's width), every rate x 1/2, 1 and 2; depth, the whole sweep at
+width 256 with 8 layers against 4; and the horizon, Muon x1/2 against x1 at 512 wide trained 400
+and 800 steps instead of 100 (does the short run's preference for a lower Muon rate last?).
 
 The final validation loss of each run goes to OUT/results.json as it finishes (a rerun skips
 the runs already there, so an interrupted sweep continues). At the end: a table of every run, the
@@ -73,12 +74,15 @@ class Job:
     family: str
     """muon, adamw, or all (every rate: the 768-wide check)."""
     multiplier: float
+    steps: int | None = None
+    """Training steps when not the sweep's (the horizon check)."""
 
     @property
     def key(self) -> str:
+        longer = f"-s{self.steps}" if self.steps else ""
         return (
             f"w{self.width}-l{self.layers}-{self.parametrisation}-{self.family}-"
-            f"x{self.multiplier:g}"
+            f"x{self.multiplier:g}{longer}"
         )
 
 
@@ -94,13 +98,17 @@ class Sweep:
     check_width: int
     steps: int
     warmup_steps: int
+    horizon_steps: tuple[int, ...]
+    """Of the horizon check: Muon x1/2 against x1 at the widest width, trained longer."""
     head_size: int
     multipliers: tuple[float, ...]
     """Of each family's rates; 1 (the recipe's) among them."""
 
 
-FULL = Sweep("modern-demo", (128, 256, 512), 256, 4, 8, 768, 100, 10, 64, (0.25, 0.5, 1, 2, 4))
-SMOKE = Sweep("modern-tiny", (16, 32), 32, 2, 3, 48, 3, 1, 8, (0.5, 1, 2))
+FULL = Sweep(
+    "modern-demo", (128, 256, 512), 256, 4, 8, 768, 100, 10, (400, 800), 64, (0.25, 0.5, 1, 2, 4)
+)
+SMOKE = Sweep("modern-tiny", (16, 32), 32, 2, 3, 48, 3, 1, (6,), 8, (0.5, 1, 2))
 
 
 def family_jobs(sweep: Sweep, width: int, layers: int, parametrisation: str) -> list[Job]:
@@ -125,7 +133,17 @@ def jobs_of(sweep: Sweep) -> list[Job]:
             jobs += family_jobs(sweep, width, sweep.layers, parametrisation)
     jobs += [Job(sweep.check_width, sweep.layers, "rule", "all", m) for m in (0.5, 1.0, 2.0)]
     jobs += family_jobs(sweep, sweep.base_width, sweep.deep_layers, "rule")
-    return jobs
+    return jobs + [job for steps in sweep.horizon_steps for job in horizon_jobs(sweep, steps)]
+
+
+def horizon_jobs(sweep: Sweep, steps: int) -> list[Job]:
+    """Muon's default against half of it at the widest width, `steps` long: does the short
+    sweep's preference for a lower Muon rate last on a longer run?"""
+    widest = max(sweep.widths)
+    return [
+        Job(widest, sweep.layers, "rule", "muon", 0.5, steps),
+        Job(widest, sweep.layers, "rule", "all", 1.0, steps),
+    ]
 
 
 def settings(job: Job, sweep: Sweep, args: argparse.Namespace) -> dict[str, object]:
@@ -137,8 +155,9 @@ def settings(job: Job, sweep: Sweep, args: argparse.Namespace) -> dict[str, obje
         name: rate * job.multiplier if name in scaled else rate for name, rate in rates.items()
     }
     smoke = {"val_tokens": 256} if args.smoke else {}
+    steps = job.steps or sweep.steps
     return {
-        **common_settings(eval_every=sweep.steps),
+        **common_settings(eval_every=steps),
         **rates,
         **smoke,
         "data": str(args.data),
@@ -147,8 +166,8 @@ def settings(job: Job, sweep: Sweep, args: argparse.Namespace) -> dict[str, obje
         "n_embd": job.width,
         "n_head": job.width // sweep.head_size,
         "n_layer": job.layers,
-        "max_steps": sweep.steps,
-        "warmup_steps": sweep.warmup_steps,
+        "max_steps": steps,
+        "warmup_steps": sweep.warmup_steps * steps // sweep.steps,
         "base_width": sweep.base_width if job.parametrisation == "rule" else None,
     }
 
@@ -206,7 +225,7 @@ def sweep_all(sweep: Sweep, args: argparse.Namespace) -> dict[str, dict[str, obj
     todo = [job for job in jobs_of(sweep) if job.key not in results]
     print(f"{len(todo)} runs to train ({len(results)} already in {results_path(args)})")
     for result in finished(todo, sweep, args):
-        key = Job(*(result[f.name] for f in dataclasses.fields(Job))).key  # type: ignore[arg-type]
+        key = Job(**{f.name: result[f.name] for f in dataclasses.fields(Job)}).key  # type: ignore[arg-type]
         results[key] = result
         write_json_atomic(results_path(args), results)
         print(f"{key}: val {result['val']:.4f} ({result['seconds']:.0f} s)", flush=True)
@@ -265,6 +284,16 @@ def check_rows(results: dict[str, dict[str, object]], sweep: Sweep) -> list[list
         key = Job(sweep.check_width, sweep.layers, "rule", "all", m).key
         if key in results:
             rows.append([f"x{m:g}", f"{float(results[key]['val']):.4f}"])  # type: ignore[arg-type]
+    return rows
+
+
+def horizon_rows(results: dict[str, dict[str, object]], sweep: Sweep) -> list[list[object]]:
+    """The horizon check, a row per run length: Muon x1/2 and x1 at the widest width."""
+    rows = []
+    for steps in sweep.horizon_steps:
+        jobs = horizon_jobs(sweep, steps)
+        if all(job.key in results for job in jobs):
+            rows.append([steps, *(f"{float(results[j.key]['val']):.4f}" for j in jobs)])  # type: ignore[arg-type]
     return rows
 
 
@@ -340,6 +369,8 @@ def report(results: dict[str, dict[str, object]], sweep: Sweep, args: argparse.N
     print(table([*headers, "best", "x1 - best"], summary_rows(results, sweep)))
     print(f"width {sweep.check_width} under the rule, every rate x m:")
     print(table(["m", "val"], check_rows(results, sweep)))
+    print(f"horizon: width {max(sweep.widths)}, Muon x m, trained longer:")
+    print(table(["steps", "x0.5", "x1"], horizon_rows(results, sweep)))
     for line in verdicts(results, sweep):
         print(line)
     print(f"plot: {args.png}")
@@ -384,6 +415,12 @@ def verdicts(results: dict[str, dict[str, object]], sweep: Sweep) -> list[str]:
         lines.append(
             f"width {sweep.check_width}: x1 is {losses['x1'] - min(losses.values()):.3f} from "
             "the best of x1/2, x1, x2"
+        )
+    for steps, half, default in horizon_rows(results, sweep):
+        gap = float(default) - min(float(half), float(default))
+        lines.append(
+            f"horizon, width {max(sweep.widths)}, {steps} steps: Muon x1 is {gap:.3f} from the "
+            "better of x1/2, x1"
         )
     return lines
 

@@ -121,6 +121,32 @@ def batch_size_arg(text: str) -> int | str:
         ) from None
 
 
+def check_heads(shape: Mapping[str, Any], arch: str, said: Callable[[str], str]) -> None:
+    """Refuse heads that do not fit the width: `shape`'s n_embd split into whole heads (unless
+    head_size decouples them), query heads into whole key/value groups, and for qwen3 an even
+    head size (rotary embeddings turn pairs of dimensions). `said(field)` names a number and
+    where it came from, for the message.
+
+        >>> check_heads({"n_embd": 96, "n_head": 6, "n_kv_head": 4}, "qwen3", lambda name: name)
+        Traceback (most recent call last):
+        gpt.cli.UserError: n_head must be a multiple of n_kv_head
+        >>> check_heads({"n_embd": 96, "n_head": 32}, "qwen3", str.upper)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        gpt.cli.UserError: N_EMBD / N_HEAD = 3: the head size must be even (rotary ...)
+    """
+    head_size = shape.get("head_size")
+    if head_size is None and shape["n_embd"] % shape["n_head"]:
+        raise UserError(f"{said('n_embd')} must be divisible by {said('n_head')}")
+    if shape["n_head"] % (shape.get("n_kv_head") or shape["n_head"]):
+        raise UserError(f"{said('n_head')} must be a multiple of {said('n_kv_head')}")
+    rotary = "the head size must be even (rotary position embeddings turn pairs of dimensions)"
+    if arch == "qwen3" and head_size is not None and head_size % 2:
+        raise UserError(f"{said('head_size')}: {rotary}")
+    if arch == "qwen3" and head_size is None and shape["n_embd"] // shape["n_head"] % 2:
+        size = shape["n_embd"] // shape["n_head"]
+        raise UserError(f"{said('n_embd')} / {said('n_head')} = {size}: {rotary}")
+
+
 @dataclass
 class GPTConfig:
     """Shape of a model of either family: GPT-2 (`arch` gpt2) or the Qwen3 layout (qwen3).
@@ -165,16 +191,7 @@ class GPTConfig:
         if self.arch == "gpt2":
             self._refuse_qwen3_fields()
         check_ranges(self, MODEL_RANGES, lambda name: f"GPTConfig.{name}")
-        if self.head_size is None and self.n_embd % self.n_head:
-            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.head_size is not None and self.head_size % 2:
-            raise UserError(
-                f"GPTConfig.head_size must be even (rotary pairs), got {self.head_size}"
-            )
-        if self.n_head % self.kv_heads:
-            raise UserError(
-                f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})"
-            )
+        check_heads(vars(self), self.arch, lambda name: f"GPTConfig.{name} {getattr(self, name)}")
 
     def _refuse_qwen3_fields(self) -> None:
         """GPT-2's shape is OpenAI's: its MLP, heads, positions and tied head are not options."""
@@ -520,32 +537,20 @@ def check_shape(cfg: TrainConfig) -> None:
     preset = MODEL_PRESETS[cfg.model]
 
     def said(name: str) -> str:
-        value = getattr(cfg, name)
+        value = getattr(cfg, name, None)  # head_size is the preset's alone
         if value is None:
             return f"{name} {getattr(preset, name)} (from --model {cfg.model})"
         return f"{flag_name(name)} {value}"
 
-    shape = {name: getattr(preset, name) for name in SHAPE_FLAGS} | cfg.shape_overrides()
-    if preset.arch == "gpt2":
-        modern_only = [
-            flag_name(n) for n in ("n_kv_head", "ffn_size") if n in cfg.shape_overrides()
-        ]
-        if modern_only:
-            raise UserError(
-                f"{', '.join(modern_only)}: only for the modern family (--model {cfg.model} is "
-                "GPT-2, whose MLP and heads are fixed)"
-            )
-    kv_heads = shape["n_kv_head"] or shape["n_head"]
-    if preset.head_size is None and shape["n_embd"] % shape["n_head"]:
-        raise UserError(f"{said('n_embd')} must be divisible by {said('n_head')}")
-    if shape["n_head"] % kv_heads:
-        raise UserError(f"{said('n_head')} must be a multiple of {said('n_kv_head')}")
-    head_size = preset.head_size or shape["n_embd"] // shape["n_head"]
-    if preset.arch == "qwen3" and head_size % 2:
+    overrides = cfg.shape_overrides()
+    modern_only = [flag_name(n) for n in ("n_kv_head", "ffn_size") if n in overrides]
+    if preset.arch == "gpt2" and modern_only:
         raise UserError(
-            f"{said('n_embd')} / {said('n_head')} = {head_size}: the head size must be even "
-            "(rotary position embeddings turn pairs of dimensions)"
+            f"{', '.join(modern_only)}: only for the modern family (--model {cfg.model} is "
+            "GPT-2, whose MLP and heads are fixed)"
         )
+    shape = {name: getattr(preset, name) for name in (*SHAPE_FLAGS, "head_size")} | overrides
+    check_heads(shape, preset.arch, said)
 
 
 def checked_types(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -627,13 +632,13 @@ TINY: dict[str, Any] = {
     "progress": False,
 }
 # The modern recipe: Muon for the blocks' matrices, AdamW for the embedding, head and gains, a
-# warm-up, a stable phase and a linear decay over the last 40% of the steps. The rates were tuned
-# at demo scale (modern-demo's final validation loss after 800 steps; README, "The modern
-# recipe"): Muon 0.01 to 0.04 within 0.02 nats of each other; one AdamW rate for all its groups
-# best at 3e-2 (1e-3: 4.20, 1e-2: 3.97, 3e-2: 3.93, 1e-1: 3.96); then the embedding at 1e-1
-# with the head and gains at 3e-2: 3.83. A cosine schedule instead measured the same (3.831).
-# They are rates at width 256 (base_width): at another width the head's scales by 256 / width
-# (gpt/train/recipe.py, `peak_rates`; bench/transfer.py measured it from 128 to 768 wide).
+# warm-up, a stable phase and a linear decay over the last 40% of the steps. The rates were tuned at
+# demo scale (modern-demo's final validation loss after 800 steps, before the demo was cut to 640;
+# README, "The modern recipe"): Muon 0.01 to 0.04 within 0.02 nats of each other; one AdamW rate for
+# all its groups best at 3e-2 (1e-3: 4.20, 1e-2: 3.97, 3e-2: 3.93, 1e-1: 3.96); then the embedding
+# at 1e-1 with the head and gains at 3e-2: 3.83. A cosine schedule instead measured the same
+# (3.831). They are rates at width 256 (base_width): at another width the head's scales by 256 /
+# width (gpt/train/recipe.py, `peak_rates`; bench/transfer.py measured it from 128 to 768 wide).
 MODERN_RECIPE: dict[str, Any] = {
     "optimizer": "muon",
     "schedule": "wsd",
@@ -678,12 +683,17 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # tokeniser and tokens per step, with HellaSwag in the loop as for gpt2.
     "modern": {**MODERN_RECIPE, "model": "modern", "out": "runs/modern"},
     # ... on the CPU demo's data, tokeniser and token budget (bench/recipes.py compares the two).
+    # 640 steps, not the GPT-2 demo's 800: on a 2-core AVX2-only CPU (no native bfloat16, so
+    # Newton-Schulz in float32) a step takes ~0.45 s and 800 of them alone took 361 s, over the
+    # demo's 6-minute budget; it reaches the GPT-2 demo's final loss by step 125 either way.
     "modern-demo": {
         **DEMO,
         **MODERN_RECIPE,
         "model": "modern-demo",
         "out": "runs/modern-demo",
         "warmup_steps": 20,
+        "max_steps": 640,
+        "eval_every": 160,
     },
     "tiny": TINY,
     "modern-tiny": {**TINY, **MODERN_RECIPE, "model": "modern-tiny", "out": "runs/modern-tiny"},

@@ -175,9 +175,13 @@ def test_bf16_autocast_step_keeps_float32_weights() -> None:
         ({"tie_embeddings": False}, "only for arch qwen3"),
         ({"ffn_size": 100}, "only for arch qwen3"),
         ({"arch": "llama"}, "arch must be one of"),
-        ({"arch": "qwen3", "n_head": 4, "n_kv_head": 3, "n_embd": 32}, "multiple of n_kv_head"),
+        (
+            {"arch": "qwen3", "n_head": 4, "n_kv_head": 3, "n_embd": 32},
+            "multiple of GPTConfig.n_kv_head 3",
+        ),
         ({"n_head": 4, "n_embd": 32, "head_size": 16}, "only for arch qwen3"),
         ({"arch": "qwen3", "n_head": 4, "n_embd": 32, "head_size": 7}, "must be even"),
+        ({"arch": "qwen3", "n_head": 32, "n_embd": 96}, "n_embd 96 / GPTConfig.n_head 32 = 3"),
     ],
 )
 def test_config_refuses_fields_outside_the_family(fields: dict, message: str) -> None:

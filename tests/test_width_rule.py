@@ -133,10 +133,14 @@ def test_transfer_smoke_from_another_directory(tmp_path: Path) -> None:
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     results = json.loads((tmp_path / "runs/t/results.json").read_text())
-    # widths 16 (both parametrisations) and 32 (one): 5 runs each; the check 3; depth 5
-    assert len(results) == 5 + 5 + 5 + 3 + 5
+    # widths 16 (both parametrisations) and 32 (one): 5 runs each; the check 3; depth 5; the
+    # horizon 2 (6 steps, not 3)
+    assert len(results) == 5 + 5 + 5 + 3 + 5 + 2
+    longer, shorter = results["w32-l2-rule-all-x1-s6"], results["w32-l2-rule-all-x1"]
+    assert longer["steps"] == 6 and longer["val"] != shorter["val"]
     assert all(math.isfinite(r["val"]) for r in results.values())
     assert "| rule     | adamw  | 16 x 2" in first.stdout
+    assert "horizon, width 32, 6 steps: Muon x1 is" in first.stdout
     assert (tmp_path / "runs/t/transfer.png").stat().st_size > 10_000
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert "0 runs to train (23 already in runs/t/results.json)" in again.stdout
+    assert "0 runs to train (25 already in runs/t/results.json)" in again.stdout
