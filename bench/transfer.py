@@ -131,9 +131,14 @@ def jobs_of(sweep: Sweep) -> list[Job]:
             if parametrisation == "constant" and width == sweep.base_width:
                 continue
             jobs += family_jobs(sweep, width, sweep.layers, parametrisation)
-    jobs += [Job(sweep.check_width, sweep.layers, "rule", "all", m) for m in (0.5, 1.0, 2.0)]
+    jobs += check_jobs(sweep)
     jobs += family_jobs(sweep, sweep.base_width, sweep.deep_layers, "rule")
     return jobs + [job for steps in sweep.horizon_steps for job in horizon_jobs(sweep, steps)]
+
+
+def check_jobs(sweep: Sweep) -> list[Job]:
+    """The check width's runs: every rate of the rule x 1/2, 1, 2."""
+    return [Job(sweep.check_width, sweep.layers, "rule", "all", m) for m in (0.5, 1.0, 2.0)]
 
 
 def horizon_jobs(sweep: Sweep, steps: int) -> list[Job]:
@@ -247,9 +252,9 @@ def curve(
         param = "rule"
     losses = {}
     for m in sweep.multipliers:
-        key = Job(width, layers, param, "all" if m == 1.0 else family, m).key
-        if key in results:
-            losses[m] = float(results[key]["val"])  # type: ignore[arg-type]
+        job = Job(width, layers, param, "all" if m == 1.0 else family, m)
+        if job.key in results:
+            losses[m] = final_loss(results, job)
     return losses
 
 
@@ -277,24 +282,28 @@ def summary_rows(results: dict[str, dict[str, object]], sweep: Sweep) -> list[li
     return rows
 
 
-def check_rows(results: dict[str, dict[str, object]], sweep: Sweep) -> list[list[object]]:
-    """The 768-wide check: every rate of the rule x 1/2, 1, 2."""
-    rows = []
-    for m in (0.5, 1.0, 2.0):
-        key = Job(sweep.check_width, sweep.layers, "rule", "all", m).key
-        if key in results:
-            rows.append([f"x{m:g}", f"{float(results[key]['val']):.4f}"])  # type: ignore[arg-type]
-    return rows
+def final_loss(results: dict[str, dict[str, object]], job: Job) -> float:
+    return float(results[job.key]["val"])  # type: ignore[arg-type]
 
 
-def horizon_rows(results: dict[str, dict[str, object]], sweep: Sweep) -> list[list[object]]:
-    """The horizon check, a row per run length: Muon x1/2 and x1 at the widest width."""
-    rows = []
+def check_losses(results: dict[str, dict[str, object]], sweep: Sweep) -> dict[float, float]:
+    """The check width's final loss by multiplier, of the runs trained."""
+    jobs = [job for job in check_jobs(sweep) if job.key in results]
+    return {job.multiplier: final_loss(results, job) for job in jobs}
+
+
+def horizon_losses(
+    results: dict[str, dict[str, object]], sweep: Sweep
+) -> dict[int, tuple[float, float]]:
+    """The horizon check: by run length, Muon x1/2's and x1's final loss at the widest width
+    (the lengths whose two runs are trained)."""
+    losses = {}
     for steps in sweep.horizon_steps:
         jobs = horizon_jobs(sweep, steps)
         if all(job.key in results for job in jobs):
-            rows.append([steps, *(f"{float(results[j.key]['val']):.4f}" for j in jobs)])  # type: ignore[arg-type]
-    return rows
+            half, default = (final_loss(results, job) for job in jobs)
+            losses[steps] = (half, default)
+    return losses
 
 
 def plot(results: dict[str, dict[str, object]], sweep: Sweep, png: Path) -> None:
@@ -330,11 +339,7 @@ def plot(results: dict[str, dict[str, object]], sweep: Sweep, png: Path) -> None
                     label=f"width {width}, {depth} layers",
                 )
             if param == "rule" and row == 1:
-                check = {
-                    m: float(results[k]["val"])  # type: ignore[arg-type]
-                    for m in (0.5, 1.0, 2.0)
-                    if (k := Job(sweep.check_width, sweep.layers, "rule", "all", m).key) in results
-                }
+                check = check_losses(results, sweep)
                 if check:
                     ax.plot(
                         list(check),
@@ -368,9 +373,11 @@ def report(results: dict[str, dict[str, object]], sweep: Sweep, args: argparse.N
     headers = ["rates", "family", "width x layers", *(f"x{m:g}" for m in sweep.multipliers)]
     print(table([*headers, "best", "x1 - best"], summary_rows(results, sweep)))
     print(f"width {sweep.check_width} under the rule, every rate x m:")
-    print(table(["m", "val"], check_rows(results, sweep)))
+    check = check_losses(results, sweep).items()
+    print(table(["m", "val"], [[f"x{m:g}", f"{loss:.4f}"] for m, loss in check]))
     print(f"horizon: width {max(sweep.widths)}, Muon x m, trained longer:")
-    print(table(["steps", "x0.5", "x1"], horizon_rows(results, sweep)))
+    horizon = horizon_losses(results, sweep).items()
+    print(table(["steps", "x0.5", "x1"], [[n, f"{h:.4f}", f"{d:.4f}"] for n, (h, d) in horizon]))
     for line in verdicts(results, sweep):
         print(line)
     print(f"plot: {args.png}")
@@ -409,15 +416,14 @@ def verdicts(results: dict[str, dict[str, object]], sweep: Sweep) -> list[str]:
                 f"depth, {family}: best x{shallow:g} at {depths[0]} layers, x{deep:g} at "
                 f"{depths[1]} ({'within' if spread <= 2 else 'beyond'} one grid step)"
             )
-    check = dict(check_rows(results, sweep))
+    check = check_losses(results, sweep)
     if len(check) == 3:
-        losses = {m: float(v) for m, v in check.items()}
         lines.append(
-            f"width {sweep.check_width}: x1 is {losses['x1'] - min(losses.values()):.3f} from "
+            f"width {sweep.check_width}: x1 is {check[1.0] - min(check.values()):.3f} from "
             "the best of x1/2, x1, x2"
         )
-    for steps, half, default in horizon_rows(results, sweep):
-        gap = float(default) - min(float(half), float(default))
+    for steps, (half, default) in horizon_losses(results, sweep).items():
+        gap = default - min(half, default)
         lines.append(
             f"horizon, width {max(sweep.widths)}, {steps} steps: Muon x1 is {gap:.3f} from the "
             "better of x1/2, x1"

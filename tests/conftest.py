@@ -64,10 +64,10 @@ def tiny_hf_gpt2_dir(gpt2_bpe_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-def tiny_run_args(data: Path, out: str | Path) -> list[str]:
-    """train.py's arguments for the tiny preset on a `tiny_train_data` dataset, writing to out;
-    each test adds its own settings after them."""
-    return ["--preset=tiny", f"--data={data}", f"--tokeniser={data / 'tokeniser.tkn'}",
+def tiny_run_args(data: Path, out: str | Path, preset: str = "tiny") -> list[str]:
+    """train.py's arguments for a tiny preset (`tiny`, or `modern-tiny`) on a `tiny_train_data`
+    dataset, writing to out; each test adds its own settings after them."""
+    return [f"--preset={preset}", f"--data={data}", f"--tokeniser={data / 'tokeniser.tkn'}",
             f"--out={out}"]  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from gpt.cli import UserError
 from gpt.config import TRAIN_PRESETS, TrainConfig, model_preset, train_preset
 from gpt.model.families import build_model
 from gpt.train.recipe import configure_optimizer, peak_rates
+from tests.conftest import tiny_run_args
 from tests.test_errors import TRAIN_FLAGS, run_command, user_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +58,10 @@ def test_a_shape_that_does_not_fit_names_its_flags(
 def test_a_bad_shape_on_the_command_line_is_one_line_and_writes_nothing(
     tiny_train_data: Path, tmp_path: Path
 ) -> None:
-    data = tiny_train_data
+    args = tiny_run_args(tiny_train_data, "runs/x", preset="modern-tiny")
     result = run_command(
-        tmp_path, "train.py", "--preset=modern-tiny", f"--data={data}",
-        f"--tokeniser={data / 'tokeniser.tkn'}", "--out=runs/x", *TRAIN_FLAGS,
-        "--n-embd", "48", "--n-head", "5",
-    )  # fmt: skip
+        tmp_path, "train.py", *args, *TRAIN_FLAGS, "--n-embd", "48", "--n-head", "5"
+    )
     assert user_error(result) == "error: --n-embd 48 must be divisible by --n-head 5"
     assert not (tmp_path / "runs").exists()
 
@@ -74,10 +73,9 @@ def test_the_shape_flags_build_the_model_and_a_resume_keeps_them(
     another directory with a relative --out; its header names each group's rate under the rule
     (the head's 3e-2 x 256/48); a bare `--out DIR --resume` continues it, and a changed --n-layer
     on resume is refused."""
-    data = tiny_train_data
     args = (
-        "--preset=modern-tiny", f"--data={data}", f"--tokeniser={data / 'tokeniser.tkn'}",
-        "--out=runs/m", *TRAIN_FLAGS, "--max-steps=2",
+        *tiny_run_args(tiny_train_data, "runs/m", preset="modern-tiny"), *TRAIN_FLAGS,
+        "--max-steps=2",
     )  # fmt: skip
     shape = ("--n-layer=3", "--n-embd=48", "--n-head=6", "--n-kv-head=2", "--ffn-size=96")
     first = run_command(tmp_path, "train.py", *args, *shape)
@@ -103,7 +101,7 @@ def test_optimizer_groups_take_the_rule_s_rates() -> None:
     """The peaks the optimizer's groups carry are `peak_rates`': at width 64 the head's rate is
     4x the stated one (base 256), the others are as stated; without a base width all four are."""
     cfg = train_preset("modern-tiny", n_embd=64, n_head=8, n_kv_head=4)
-    model = build_model(model_preset("modern-tiny", n_embd=64, n_head=8, n_kv_head=4))
+    model = build_model(model_preset("modern-tiny", **cfg.shape_overrides()))
     for base_width, head in ((256, 4 * cfg.head_lr), (None, cfg.head_lr)):
         run_cfg = TrainConfig.from_dict({**cfg.to_dict(), "base_width": base_width})
         groups = configure_optimizer(model, run_cfg, torch.device("cpu")).param_groups

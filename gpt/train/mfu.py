@@ -133,7 +133,6 @@ class MFU:
     flops_per_token: int
     """Training FLOPs per token of the model at seq_len."""
     world_size: int
-    device: torch.device
     measured: bool
     """Whether the peak is a matmul measurement on CPU (then `remeasure` refines it)."""
 
@@ -148,7 +147,7 @@ class MFU:
     ) -> MFU:
         measured = cfg.peak_flops is None and device.type == "cpu"
         peak = peak_flops(cfg, device, dtype)
-        return cls(peak, flops_per_token, world_size, device, measured)
+        return cls(peak, flops_per_token, world_size, measured)
 
     def of(self, tokens_per_second: float) -> float | None:
         """The MFU of a step that ran at `tokens_per_second` over all ranks (None: no peak)."""
@@ -157,8 +156,8 @@ class MFU:
         return self.flops_per_token * tokens_per_second / (self.peak * self.world_size)
 
     def remeasure(self) -> None:
-        """On CPU, keep the best matmul rate seen so far as the peak (measured again at most once
-        every REFINE_EVERY seconds): other processes sharing the cores make any single
-        measurement low (and MFU too high)."""
-        if self.measured and self.peak is not None:
-            self.peak = max(self.peak, cpu_peak_flops(refine=True))
+        """On CPU, take the best matmul rate seen so far as the peak (`cpu_peak_flops` keeps it,
+        measuring again at most once every REFINE_EVERY seconds): other processes sharing the
+        cores make any single measurement low (and MFU too high)."""
+        if self.measured:
+            self.peak = cpu_peak_flops(refine=True)
