@@ -27,6 +27,7 @@ from gpt.data.tokeniser import Tokeniser, TokeniserOptions, use_gpt2_bpe_dir
 from gpt.distributed import resolve_device
 from gpt.hf import load_model
 from gpt.model.base import LanguageModel
+from gpt.model.cpu_decode import describe_layout, layout_for
 from gpt.model.generate import check_sampling, generate, generate_stream
 
 
@@ -74,12 +75,17 @@ def check(opts: InferenceOptions) -> None:
 
 
 def decoding_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype --dtype names ("auto": the device's fast dtype), announced once on stderr with
-    what the device does natively, e.g. "cpu: AMD EPYC, AVX2, no native bfloat16 -> decoding in
-    float32"."""
-    dtype = fast_dtype(device) if name == "auto" else getattr(torch, name)
-    print(f"{describe(device)} -> decoding in {dtype_choice(dtype, device)}", file=sys.stderr)
-    return dtype
+    """The dtype --dtype names ("auto": the device's fast dtype)."""
+    return fast_dtype(device) if name == "auto" else getattr(torch, name)
+
+
+def announce_decoding(model: LanguageModel, device: torch.device, batch_size: int) -> None:
+    """Say once on stderr what the device does natively and how decoding batch_size sequences
+    will use it, e.g. "cpu: AMD EPYC, AVX2, no native bfloat16 -> decoding in float32, every
+    weight split over 2 threads"."""
+    dtype = dtype_choice(model.lm_head.weight.dtype, device)
+    layout = describe_layout(layout_for(model, batch_size))
+    print(f"{describe(device)} -> decoding in {dtype}, {layout}", file=sys.stderr)
 
 
 def prompt_ids(tok: Tokeniser, prompt: str) -> list[int]:
@@ -187,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(opts.device)
     lm = load_model(opts.model, device, tokeniser=opts.tokeniser)
     assert isinstance(lm.model, LanguageModel) and lm.tokeniser is not None  # kind "ours"
-    dtype = decoding_dtype(opts.dtype, device)
-    lm.model.to(dtype)
+    lm.model.to(decoding_dtype(opts.dtype, device))
+    announce_decoding(lm.model, device, 1 if opts.stream else opts.num_samples)
     if opts.stream:
         print_streamed(lm.model, lm.tokeniser, opts, device)
         return 0

@@ -17,7 +17,13 @@ measured in the same run (sum of a 512 MB tensor). (The bound leaves out the KV 
 a few percent here, so no implementation reaches 100%.) Last, ours with the KV cache against
 recomputing the whole context every step (the seed's and nanoGPT's way: all positions through
 the blocks, the lm_head on the last one only) over --recompute-tokens new tokens.
-Targets (issue 2): >= 2x transformers at batch 1 and 8.
+
+--layouts adds a table of ours alone in float32 through each of CPU decoding's weight layouts
+(gpt/model/cpu_decode.py: the layers as they are, an input-major lm_head, every weight split over
+the threads, oneDNN's packed copies) at each batch size, against the layers as they are, marking
+the one this CPU's rule picks: the measurement behind that rule, to rerun on another CPU.
+Targets (issue 2): >= 2x transformers at batch 1 and 8; issue 16: >= 1.5x at batch 1 and >= 2x at
+8 on AVX2 and on AMX CPUs.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from bench._common import machine, read_bandwidth, table, timed  # noqa: E402
 from gpt.cli import UserError, run  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.hf import state_to_hf  # noqa: E402
+from gpt.model.cpu_decode import LAYOUTS, layout_for, packing_available  # noqa: E402
 from gpt.model.generate import generate  # noqa: E402
 from gpt.model.gpt2 import GPT  # noqa: E402
 
@@ -141,6 +148,31 @@ def recompute_row(ours: GPT, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def layout_rows(ours: GPT, B: int, args: argparse.Namespace) -> list[list[str]]:
+    """Ours through each CPU decoding layout at batch B, alternating rounds, the best of each,
+    against the layers as they are; the greedy tokens compared with the layers'."""
+    names = [name for name in LAYOUTS if name != "packed" or packing_available()]
+    idx = torch.randint(0, args.vocab_size, (B, args.prompt_len))
+    tokens = {name: generate(ours, idx, 16, temperature=0, layout=name) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            times[name].append(
+                timed(generate, ours, idx, args.new_tokens, temperature=0, layout=name)
+            )
+    chosen = layout_for(ours, B)
+    plain = min(times["layers"])
+    return [
+        [
+            f"batch {B}, {name}" + (" (the rule's)" if name == chosen else ""),
+            f"{B * args.new_tokens / min(times[name]):.1f}",
+            f"{plain / min(times[name]):.2f}x",
+            "yes" if torch.equal(tokens[name], tokens["layers"]) else "NO",
+        ]
+        for name in names
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -157,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per batch")
     p.add_argument("--recompute-tokens", type=int, default=512, help="0 skips that comparison")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--layouts", action="store_true", help="also time each CPU decoding layout")
     args = p.parse_args(argv)
     try:
         batches = [int(b) for b in args.batches.split(",")]
@@ -187,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s")
     rows = []
     last = [recompute_row(ours, args)] if args.recompute_tokens else []  # float32, first
+    layouts = [row for B in batches for row in layout_rows(ours, B, args)] if args.layouts else []
     for name in dtypes:  # both models converted in place, in the order given
         ours.to(getattr(torch, name))
         theirs.to(getattr(torch, name))
@@ -198,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     headers = ["case", "ours tok/s", "peer tok/s", "ratio", "of bound (ours/peer)", "same tokens"]
     print(table(headers, rows))
     print("peer: transformers GPT2LMHeadModel.generate (sdpa); last row: recompute, no cache")
+    if layouts:
+        headers = ["float32, ours through", "tok/s", "vs the layers", "same tokens"]
+        print(table(headers, layouts))
     return 0
 
 

@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.capability import cpu_capability, native_bfloat16
+from gpt.capability import CpuCapability, cpu_capability, native_bfloat16
 from gpt.config import GPTConfig
 from gpt.hf import state_to_hf
-from gpt.model.cpu_decode import FLOAT32_PACK_FROM, decoding_weights, packing_available
+from gpt.model import cpu_decode
+from gpt.model.cpu_decode import (
+    LAYOUTS,
+    SplitLinear,
+    decoding_weights,
+    layout_for,
+    packing_available,
+    split,
+)
 from gpt.model.generate import generate, generate_stream, sample_next
 from gpt.model.gpt2 import GPT
 
@@ -216,17 +224,29 @@ def test_benchmark_bad_input_is_one_line_error(args: list[str], flag: str, tmp_p
 
 def test_benchmark_runs_both_dtypes_against_transformers(tmp_path: Path) -> None:
     """bench/generate.py on a small model, from another directory: a row per batch and dtype,
-    float32's greedy tokens identical to transformers', and the recompute row."""
+    float32's greedy tokens identical to transformers', and the recompute row; with --layouts,
+    a row per batch and layout, the rule's marked once a batch, every layout's tokens the same."""
     result = run_benchmark("--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--vocab-size",
                            "512", "--new-tokens", "4", "--rounds", "1", "--recompute-tokens", "4",
-                           "--batches", "1,8", cwd=tmp_path)  # fmt: skip
+                           "--batches", "1,8", "--layouts", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     cells = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     rows = {row[0].strip(): row[1:] for row in cells[1:]}  # below the header
     cases = [f"generate, batch {b}, {d}" for d in ("float32", "bfloat16") for b in (1, 8)]
-    assert list(rows) == [*cases, "KV cache vs recompute, batch 1, 4 new"]
+    layouts = [f"batch {b}, {name}" for b in (1, 8) for name in LAYOUTS]
+    if not packing_available():
+        layouts = [case for case in layouts if not case.endswith("packed")]
+    rule = [case.removesuffix(" (the rule's)") for case in rows if case.endswith("(the rule's)")]
+    assert rule == [
+        f"batch 1, {layout_for(GPT(CONFIG), 1)}",
+        f"batch 8, {layout_for(GPT(CONFIG), 8)}",
+    ]
+    rows = {case.removesuffix(" (the rule's)"): cells for case, cells in rows.items()}
+    kv = "KV cache vs recompute, batch 1, 4 new"
+    assert list(rows) == [*cases, kv, "float32, ours through", *layouts]
+    assert all(rows[case][-1].strip() == "yes" for case in layouts)
     assert rows["generate, batch 8, float32"][-1].strip() == "yes"
-    assert rows["KV cache vs recompute, batch 1, 4 new"][-1].strip() == "yes"
+    assert rows[kv][-1].strip() == "yes"
     [machine] = [line for line in result.stdout.splitlines() if line.startswith("machine: ")]
     assert f"({cpu_capability().isa}, " in machine  # the table names the CPU's ISA level
 
@@ -272,22 +292,105 @@ def test_generation_keeps_nothing_on_the_model(batch: int) -> None:
     )
 
 
-@pytest.mark.parametrize("batch", [1, 2, FLOAT32_PACK_FROM])
-def test_decoding_copies_compute_what_the_layers_compute(batch: int) -> None:
-    """CPU decoding's copies (an input-major lm_head for one sequence, packed weights from
-    FLOAT32_PACK_FROM on) give the layers' own outputs, float32 rounding apart."""
+def available_layouts() -> list[str]:
+    """CPU decoding's layouts this PyTorch build can run (packing needs oneDNN's ops)."""
+    return [name for name in LAYOUTS if name != "packed" or packing_available()]
+
+
+@pytest.mark.parametrize("layout", available_layouts())
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_every_decoding_layout_computes_what_the_layers_compute(batch: int, layout: str) -> None:
+    """Each of CPU decoding's float32 layouts (copies, split views) gives the layers' own
+    outputs, float32 rounding apart, whichever CPU runs the test."""
     model = GPT(CONFIG).eval()
-    weights = decoding_weights(model, batch)
-    if batch >= FLOAT32_PACK_FROM and packing_available():
-        assert len(weights.layers) == 4 * CONFIG.n_layer
-    else:
-        assert weights.layers == {}
+    weights = decoding_weights(model, batch, layout)
+    copies = 4 * CONFIG.n_layer if layout in ("split", "packed") else 0
+    assert len(weights.layers) == copies
     with torch.no_grad():
         for layer in (model.transformer.h[0].attn.c_attn, model.transformer.h[1].mlp.c_proj):
             x = torch.randn(batch, 1, layer.in_features)  # (B, T, in)
             torch.testing.assert_close(weights.linear(layer, x), layer(x))
         h = torch.randn(batch, CONFIG.n_embd)  # (B, C)
         torch.testing.assert_close(weights.logits(h), model.logits(h))
+
+
+@pytest.mark.parametrize(
+    ("isa", "batch", "layout"),
+    [
+        ("AVX2", 1, "split"),
+        ("AVX2", 2, "packed"),
+        ("AMX", 1, "input-major-head"),
+        ("AMX", 3, "layers"),
+        ("AVX-512", 4, "packed"),
+        ("SVE256", 1, "split"),  # an unmeasured kind gets the AVX2 EPYC's rules
+    ],
+)
+def test_the_rule_picks_what_was_measured_on_each_kind_of_cpu(
+    model: GPT, isa: str, batch: int, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float32 layouts of cpu_decode's measured tables, for a CPU of each ISA level (the
+    capability stands in for the machine's, so every path is checked on any CPU)."""
+    if layout == "packed" and not packing_available():
+        pytest.skip("this PyTorch build cannot pack weights")
+    capability = CpuCapability("test CPU", isa, native_bfloat16=isa == "AMX")
+    monkeypatch.setattr(cpu_decode, "cpu_capability", lambda: capability)
+    assert layout_for(model, batch) == layout
+
+
+@pytest.mark.parametrize("layout", available_layouts())
+def test_every_decoding_layout_decodes_as_recomputation(model: GPT, layout: str) -> None:
+    """Greedy tokens through each layout equal recomputation's, one sequence and three."""
+    for batch in (1, 3):
+        idx = torch.randint(
+            0, CONFIG.vocab_size, (batch, 6), generator=torch.Generator().manual_seed(4)
+        )
+        out = generate(model, idx, 40, temperature=0, layout=layout)
+        assert torch.equal(out, greedy_by_recomputation(model, idx, 40))
+
+
+def test_an_unknown_layout_is_refused(model: GPT) -> None:
+    with pytest.raises(ValueError, match="layout must be one of"):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 2, layout="fast")
+
+
+@pytest.mark.parametrize(
+    ("rows", "parts", "keep", "bias", "shape"),
+    [
+        (96, 2, None, True, (1, 1)),  # one token, as decoding multiplies it
+        (128, 3, 100, False, (1,)),  # a padded lm_head: 3 groups of 42 rows cover the 100 kept
+        (100, 3, None, False, (2,)),  # 100 = 3 x 33 + 1: the last row on its own
+        (96, 5, None, True, (2, 7)),  # 5 x 19 + 1, with a bias, several rows (a prefill)
+        (4, 8, None, True, (1, 1)),  # more threads than rows: a group per row
+    ],
+)
+def test_split_linear_is_linear_from_views(
+    rows: int, parts: int, keep: int | None, bias: bool, shape: tuple[int, ...]
+) -> None:
+    """SplitLinear computes F.linear's rows (the kept ones) from views of the layer's own
+    tensors. In float64 both sum the same 32 products per output, in other orders: each sum is
+    within 32 * 2^-53 of the exact one relative to the sum of |products| (~6 here), so 1e-12
+    absolute is ample."""
+    torch.manual_seed(rows + parts)
+    layer = torch.nn.Linear(32, rows, bias=bias, dtype=torch.float64)
+    x = torch.randn(*shape, 32, dtype=torch.float64)
+    product = SplitLinear(layer.weight, layer.bias, parts, keep)
+    expected = layer(x)[..., : keep or rows]
+    with torch.no_grad():
+        torch.testing.assert_close(product(x), expected, rtol=0, atol=1e-12)
+    storage = layer.weight.untyped_storage().data_ptr()
+    assert product.weight.untyped_storage().data_ptr() == storage  # a view, not a copy
+
+
+def test_split_weights_run_the_blocks_as_the_layers_do(model: GPT) -> None:
+    """The blocks through `split` weights (3 groups: 96- and 128-row layers, the 128 padded
+    rows of the lm_head, remainders included) give the plain forward's logits."""
+    weights = split(model, 3)
+    idx = torch.randint(0, CONFIG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = weights.logits(model.hidden(idx, linear=weights.linear))
+        expected = model.logits(model.hidden(idx))
+    # float32 sums of up to 128 products in other orders; logits here are ~10-100 in size
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.cpu_dependent
@@ -311,4 +414,4 @@ def test_bfloat16_is_packed_from_one_sequence_where_the_cpu_multiplies_it() -> N
 
 def test_float64_is_not_packed() -> None:
     """oneDNN cannot pack float64: such a model decodes with its own layers."""
-    assert decoding_weights(GPT(CONFIG).double(), FLOAT32_PACK_FROM).layers == {}
+    assert decoding_weights(GPT(CONFIG).double(), 4).layers == {}

@@ -16,6 +16,7 @@ from gpt.checkpoint import save_model_dir
 from gpt.cli import UserError, run
 from gpt.config import GPTConfig
 from gpt.hf import load_model, save_pretrained
+from gpt.model.cpu_decode import describe_layout, layout_for
 from gpt.model.gpt2 import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,14 +130,16 @@ def test_dtype_auto_decodes_in_the_devices_fast_dtype(
     dirs: tuple[Path, Path], sampled_dtypes: list[torch.dtype], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--dtype auto decodes in bfloat16 where the CPU multiplies it natively, float32 elsewhere
-    (the predicate the code asks), and says so in one line on stderr."""
+    (the predicate the code asks), and says so in one line on stderr, with the weight layout
+    the CPU's rule picks for one sequence."""
     cpu = torch.device("cpu")
     expected = "bfloat16" if native_bfloat16(cpu) else "float32"
     argv = ["--model", str(dirs[0]), "--prompt", "Hi", "--max-tokens", "2", "--num-samples", "1",
             "--device", "cpu", "--dtype", "auto"]  # fmt: skip
     assert inference.main(argv) == 0
     assert sampled_dtypes == [getattr(torch, expected)]
-    assert capsys.readouterr().err == f"{describe(cpu)} -> decoding in {expected}\n"
+    layout = describe_layout(layout_for(GPT(GPT2_VOCAB).to(getattr(torch, expected)), 1))
+    assert capsys.readouterr().err == f"{describe(cpu)} -> decoding in {expected}, {layout}\n"
 
 
 def test_missing_model_is_one_line_error(tmp_path: Path) -> None:

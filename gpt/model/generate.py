@@ -26,7 +26,7 @@ import torch
 
 from gpt.cli import UserError
 from gpt.model.base import LanguageModel, varying_shapes
-from gpt.model.cpu_decode import DecodingWeights, decoding_weights
+from gpt.model.cpu_decode import LAYOUTS, DecodingWeights, decoding_weights
 from gpt.model.decoding import KVCache, sample_next
 from gpt.model.static_decode import STOP_CHECK_EVERY, Sampling, decode_static
 
@@ -64,8 +64,10 @@ def decode(
     top_p: float | None,
     eos_token: int | None,
     generator: torch.Generator | None,
+    layout: str | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Fill seq (B, prompt_len + new) from column prompt_len on, yielding each new column.
+    """Fill seq (B, prompt_len + new) from column prompt_len on, yielding each new column;
+    layout: CPU decoding's weight layout (gpt/model/cpu_decode.py; default: this CPU's rule).
 
     Context longer than block_size: the prompt is cropped to its last block_size tokens.
     When the cache is full, the context is cropped to its last 3/4 * block_size tokens and
@@ -77,7 +79,7 @@ def decode(
     keep = max(1, S - S // 4)
     start = max(0, prompt_len - S)
     capacity = min(S, total - start)
-    weights = decoding_weights(model, B)  # dropped when the loop ends: nothing kept on the model
+    weights = decoding_weights(model, B, layout)  # dropped at the end: nothing kept on the model
     dtype = model.lm_head.weight.dtype
     cache = KVCache(model.config, B, capacity, seq.device, dtype)
     logits = last_logits(model, seq[:, start:prompt_len], cache, weights)
@@ -109,11 +111,14 @@ def new_columns(
     generator: torch.Generator | None,
     static: bool,
     check_every: int = STOP_CHECK_EVERY,
+    layout: str | None = None,
 ) -> Iterator[torch.Tensor]:
-    """The new columns of seq from the eager loop (`decode`) or the compiled step
+    """The new columns of seq from the eager loop (`decode`, in `layout`) or the compiled step
     (`decode_static`, checking for eos every check_every columns)."""
     if not static:
-        return decode(model, seq, prompt_len, temperature, top_k, top_p, eos_token, generator)
+        return decode(
+            model, seq, prompt_len, temperature, top_k, top_p, eos_token, generator, layout
+        )
     sampling = Sampling(temperature, top_k, top_p)
     return decode_static(model, seq, prompt_len, sampling, eos_token, generator, check_every)
 
@@ -158,6 +163,7 @@ def generate(
     eos_token: int | None = None,
     generator: torch.Generator | None = None,
     static: bool = False,
+    layout: str | None = None,
 ) -> torch.Tensor:
     """Continue every row of idx (B, T) by up to max_new_tokens tokens -> (B, T + new).
 
@@ -166,13 +172,18 @@ def generate(
     row that produced eos_token is filled with eos_token from then on, and generation stops
     early once every row has (so `new` may be less than max_new_tokens). static: decode with
     the compiled step of fixed shapes (gpt/model/static_decode.py; the same greedy tokens, other
-    random draws), a CUDA graph on CUDA.
+    random draws), a CUDA graph on CUDA. layout: the eager loop's CPU weight layout, one of
+    gpt.model.cpu_decode.LAYOUTS instead of the one this CPU's rule picks (for benchmarks).
     """
+    if layout is not None and (static or layout not in LAYOUTS):
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)} without static, got {layout}")
     seq = output_buffer(idx, max_new_tokens, temperature, top_k, top_p)
     T = idx.size(1)
     if max_new_tokens == 0:
         return seq
-    steps = new_columns(model, seq, T, temperature, top_k, top_p, eos_token, generator, static)
+    steps = new_columns(
+        model, seq, T, temperature, top_k, top_p, eos_token, generator, static, layout=layout
+    )
     new = sum(1 for _ in steps)
     if static and eos_token is not None:  # it checks every few columns: keep the eager loop's
         new = columns_until_finished(seq[:, T : T + new], eos_token)
