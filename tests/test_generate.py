@@ -322,7 +322,7 @@ def test_every_decoding_layout_computes_what_the_layers_compute(batch: int, layo
         ("AMX", 1, "input-major-head"),
         ("AMX", 3, "layers"),
         ("AVX-512", 4, "packed"),
-        ("SVE256", 1, "split"),  # an unmeasured kind gets the AVX2 EPYC's rules
+        ("SVE256", 1, "input-major-head"),  # an unmeasured kind keeps the Xeon's rules
     ],
 )
 def test_the_rule_picks_what_was_measured_on_each_kind_of_cpu(

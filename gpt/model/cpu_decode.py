@@ -7,7 +7,7 @@ bench/generate.py's model, most of it the lm_head) within one call. Measured wit
 layers x 384 wide, GPT-2 vocabulary, 128 new tokens, 2 threads), float32, the copies' cost
 included, against F.linear on the (out, in) parameters; the two kinds of CPU differ:
 
-    2-core Intel Xeon (AMX; the rules for AVX-512 and AMX CPUs, `WIDE_VECTOR_ISAS`):
+    2-core Intel Xeon (AMX; the rules for every CPU but the AVX2-only ones, `avx2_only`):
     one sequence    an input-major (in, out) copy of the lm_head: ~1.05x; copies of the blocks'
                     layers lost (0.95x input-major, 0.85x with packed narrowing layers)
     2 or 3          no copy: an input-major lm_head ran 0.8-0.9x, packed copies 0.82-0.89x
@@ -15,7 +15,7 @@ included, against F.linear on the (out, in) parameters; the two kinds of CPU dif
                     (`torch.ops.mkldnn._reorder_linear_weight`, applied with `_linear_pointwise`):
                     1.14x at batch 4, 1.09x at 8
 
-    2-core AMD EPYC (AVX2 only; the rules for every other CPU), `python bench/generate.py
+    2-core AMD EPYC (AVX2 only; the rules for x86 CPUs at that level), `python bench/generate.py
     --layouts` (copies' cost included, against the layers as they are): MKL multiplies a few
     rows by a whole (out, in) weight on one thread here (torch.mv took the same 6.3 ms for the
     lm_head with one thread or two), and 2 or 3 rows ran no faster than one
@@ -30,8 +30,8 @@ multiplies bfloat16 natively (gpt/capability.py): against what float32 does at 1
 input-major lm_head; the layers as they are), 1.40x at batch 1 and 1.41x at 2 (the Xeon, whose
 oneDNN multiplies bfloat16 with AMX). On a CPU that would emulate bfloat16 (AVX2 only) oneDNN
 cannot pack it: its layers are used as they are (inference.py warns that float32 is faster
-there). No ARM CPU and no AMD CPU with AVX-512 has been measured: they get the AVX2 EPYC's and
-the Xeon's rules respectively.
+there). No ARM CPU and no AMD CPU with AVX-512 has been measured: both keep the Xeon's rules,
+as every CPU did before the EPYC's were measured.
 GPUs and autocast (which the copies would ignore) use the parameters as they are.
 
 How the copies reach the blocks: `LanguageModel.hidden` takes a `linear` argument, the function
@@ -54,15 +54,18 @@ from torch import nn
 from gpt.capability import cpu_capability
 from gpt.model.base import LanguageModel
 
-WIDE_VECTOR_ISAS = ("AVX-512", "AMX")
-"""ISA levels (gpt/capability.py) whose float32 layouts were measured on the Intel Xeon; every
-other CPU gets the layouts measured on the AVX2-only AMD EPYC (module docstring)."""
+
+def avx2_only() -> bool:
+    """Whether this CPU decodes float32 by the layouts measured on the AVX2-only AMD EPYC: an
+    x86 CPU whose widest level in use is AVX2 (gpt/capability.py). Every other CPU (AVX-512,
+    AMX, and the unmeasured ones: ARM, older x86) keeps those measured on the Intel Xeon."""
+    return cpu_capability().isa == "AVX2"
 
 
 def float32_pack_from() -> int:
-    """The smallest batch of float32 sequences decoded through packed copies on this CPU: 4 on
-    AVX-512 and AMX CPUs, 2 elsewhere (module docstring)."""
-    return 4 if cpu_capability().isa in WIDE_VECTOR_ISAS else 2
+    """The smallest batch of float32 sequences decoded through packed copies on this CPU: 2 on
+    AVX2-only CPUs, 4 on the others (module docstring)."""
+    return 2 if avx2_only() else 4
 
 
 def pack_from(dtype: torch.dtype) -> int | None:
@@ -127,7 +130,7 @@ class SplitLinear:
         self.out_features = rows if keep is None else keep
         parts = min(parts, rows)
         group = rows // parts
-        grouped = parts * group  # rows in the groups; the other rows - grouped < parts wait
+        grouped = parts * group  # rows in the groups; the other rows - grouped (< parts) go alone
         weight = weight.detach()
         self.weight = weight[:grouped].view(parts, group, -1).transpose(1, 2)  # (parts, in, group)
         self.bias = bias.detach()[:grouped].view(parts, 1, group) if bias is not None else None
@@ -231,8 +234,8 @@ def describe_layout(layout: str) -> str:
 def layout_for(model: LanguageModel, batch_size: int) -> str:
     """The layout for decoding batch_size sequences with model (module docstring): on CPU
     without autocast (which the copies would ignore), packed copies from the dtype's `pack_from`
-    batch on; for one float32 sequence, an input-major lm_head on AVX-512 and AMX CPUs and every
-    weight split over the threads elsewhere; the model's own layers otherwise (float64, which
+    batch on; for one float32 sequence, every weight split over the threads on AVX2-only CPUs and
+    an input-major lm_head on the others; the model's own layers otherwise (float64, which
     oneDNN cannot pack, and GPUs)."""
     weight = model.lm_head.weight
     if weight.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
@@ -241,7 +244,7 @@ def layout_for(model: LanguageModel, batch_size: int) -> str:
     if smallest is not None and batch_size >= smallest and packing_available():
         return "packed"
     if batch_size == 1 and weight.dtype == torch.float32:
-        return "input-major-head" if cpu_capability().isa in WIDE_VECTOR_ISAS else "split"
+        return "split" if avx2_only() else "input-major-head"
     return "layers"
 
 
