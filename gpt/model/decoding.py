@@ -82,7 +82,7 @@ def token_of(choice: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """The most likely token of each row (B, V) -> (B,): max's indices are argmax's (the first
-    of equal maxima), 3-4x faster on CPU."""
+    of equal maxima), 3-4x faster on the Intel Xeon (as fast on the AVX2-only EPYC)."""
     return logits.max(dim=-1).indices
 
 
